@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import difflib
 import io
+import os
 from typing import Callable, Sequence
 
 import gymnasium as gym
@@ -136,6 +137,8 @@ def record_episode(env_id: str, policy: Callable[[np.ndarray], object] | None = 
 
     ``policy(obs) -> action``; ``None`` means a uniformly random agent.
     """
+    # pygame renders off-screen; without this it warns about a missing display in notebooks
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     env = make_env(env_id, render_mode="rgb_array", **kwargs)
     obs, _ = env.reset(seed=seed)
     env.action_space.seed(seed)
