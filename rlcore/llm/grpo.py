@@ -1,0 +1,490 @@
+"""Group Relative Policy Optimization (GRPO) for language models, read top to bottom (C16-C18).
+
+For each question ``q`` sample a group of ``G`` outputs ``o_1..o_G`` from ``pi_old``, score them
+with rule-based rewards ``r_i``, and give every token of ``o_i`` the same group-normalised
+advantage (eq-group-advantage)::
+
+    A_i = (r_i - mean(r_1..r_G)) / std(r_1..r_G)
+
+No value model is needed. The policy maximises the clipped, token-level objective
+(eq-grpo-objective, DeepSeekMath eq. 3)::
+
+    J(theta) = 1/G sum_i 1/|o_i| sum_t [ min(rho_it A_i, clip(rho_it, 1-eps_low, 1+eps_high) A_i)
+                                          - beta * KL_k3(pi_theta || pi_ref)_it ]
+    rho_it = pi_theta(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t)
+
+:func:`grpo_loss` returns ``-J`` with four ways to aggregate the per-token terms (``loss_type``):
+
+* ``"grpo"``    mean over each sequence's tokens, then over sequences (the formula above). A long
+  completion's tokens each get weight ``1/|o_i|``: long wrong answers are penalised less per token.
+* ``"bnpo"``    sum over all tokens of the (micro-)batch / number of tokens in it.
+* ``"dr_grpo"`` sum over all tokens / (N * max_completion_length): a constant normaliser, so no
+  length bias (Dr. GRPO, Liu et al. 2025); pair with ``scale_rewards="none"``.
+* ``"dapo"``    token-level: sum / total number of tokens in the *global* batch (DAPO; equals
+  ``bnpo`` unless the batch is split into micro-batches for gradient accumulation).
+
+At ``theta = theta_old`` with ``beta = 0`` the ratio is 1, so the loss *value* is ``-mean(A)`` (0 for
+group-normalised advantages) while its *gradient* is the REINFORCE gradient
+``-1/N sum_i A_i 1/|o_i| sum_t grad log pi(o_it)``: the clipping only matters after the first update
+on the same batch (``num_iterations > 1``).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..kl import kl_estimator as _kl_estimator
+from ..losses import clipped_surrogate_loss
+from ..returns import group_normalized_advantages, zero_variance_groups
+from ..training import History, JSONLLogger, load_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
+from ..utils import check_positive, check_probability, seed_everything
+from .rewards import compute_rewards
+from .sampling import Rollout, generate, token_logprobs
+
+__all__ = ["LOSS_TYPES", "grpo_loss", "GRPOConfig", "GRPOResult", "train_grpo", "evaluate"]
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+# ============================================================== loss
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor,
+              completion_mask: torch.Tensor, clip_eps_low: float = 0.2, clip_eps_high: float | None = None,
+              beta: float = 0.0, loss_type: str = "grpo", kl_estimator: str = "k3",
+              max_completion_length: int | None = None, num_items_in_batch: int | float | None = None):
+    """GRPO loss ``-J(theta)`` (eq-grpo-objective) and a dict of detached metrics.
+
+    ``logp``, ``old_logp``, ``ref_logp``: ``[N, L]`` per-token log-probs under the current, sampling
+    and reference policies; ``advantages``: ``[N]`` (one per sequence, broadcast over its tokens);
+    ``completion_mask``: ``[N, L]``. ``clip_eps_high`` defaults to ``clip_eps_low`` (DAPO's
+    "clip-higher" uses e.g. 0.28 > 0.2). ``beta > 0`` adds ``beta * KL`` with estimator
+    ``kl_estimator`` (``"k3"`` in GRPO, eq-kl-k3) per token; ``ref_logp`` may be ``None`` only
+    when ``beta == 0``. ``max_completion_length`` is Dr. GRPO's constant (default ``L``);
+    ``num_items_in_batch`` is DAPO's global token count (default: tokens in this batch).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if logp.dim() != 2 or logp.shape != old_logp.shape or logp.shape != completion_mask.shape:
+        raise ValueError(f"logp, old_logp and completion_mask must all be [N, L]; got {tuple(logp.shape)}, "
+                         f"{tuple(old_logp.shape)}, {tuple(completion_mask.shape)}")
+    advantages = torch.as_tensor(advantages, dtype=logp.dtype, device=logp.device)
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must be [N] = [{logp.shape[0]}] (one per sequence), got {tuple(advantages.shape)}")
+    check_positive("beta", beta, allow_zero=True)
+    if beta > 0 and ref_logp is None:
+        raise ValueError("beta > 0 needs ref_logp (log-probs under the reference model); pass it or set beta=0")
+    eps_high = clip_eps_low if clip_eps_high is None else clip_eps_high
+    mask = completion_mask.to(logp.dtype)
+    N, L = logp.shape
+
+    adv = advantages[:, None].expand_as(logp)
+    per_token = clipped_surrogate_loss(logp, old_logp, adv, clip_coef=clip_eps_low, clip_coef_high=eps_high, reduce="none")
+    kl = None
+    if beta > 0:
+        kl = _kl_estimator(kl_estimator)(logp, ref_logp.detach())
+        per_token = per_token + beta * kl
+
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    elif loss_type == "bnpo":
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+    elif loss_type == "dr_grpo":
+        max_len = L if max_completion_length is None else max_completion_length
+        if max_len < L:
+            raise ValueError(f"max_completion_length ({max_len}) is shorter than the completions ({L})")
+        loss = (per_token * mask).sum() / (N * max_len)
+    else:  # dapo
+        denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        loss = (per_token * mask).sum() / denom
+
+    with torch.no_grad():
+        n_tok = mask.sum().clamp(min=1)
+        ratio = torch.exp(logp - old_logp)
+        low = (ratio < 1 - clip_eps_low) & (adv < 0)  # clipped from below: gradient zeroed
+        high = (ratio > 1 + eps_high) & (adv > 0)
+        metrics = {
+            "clip_ratio/low": ((low * mask).sum() / n_tok).item(),
+            "clip_ratio/high": ((high * mask).sum() / n_tok).item(),
+            "clip_ratio/region": (((low | high) * mask).sum() / n_tok).item(),
+            "ratio_mean": ((ratio * mask).sum() / n_tok).item(),
+        }
+        if kl is not None:
+            metrics["kl"] = ((kl * mask).sum() / n_tok).item()
+    return loss, metrics
+
+
+# ============================================================== config
+@dataclass
+class GRPOConfig:
+    """Hyperparameters of GRPO (defaults run on the tiny CPU model; see the book for SmolLM2 settings)."""
+
+    steps: int = 20
+    """Number of GRPO steps; each samples a fresh batch of prompts and completions."""
+    prompts_per_step: int = 4
+    """Questions per step (the batch has ``prompts_per_step * num_generations`` completions)."""
+    num_generations: int = 4
+    """G, completions per question (group size, >= 2: the advantage compares outputs in a group)."""
+    max_new_tokens: int = 32
+    """Maximum completion length; longer completions are truncated (counted in ``truncation_rate``)."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probabilities are taken under the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+    learning_rate: float = 1e-5
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (global norm); 0 disables."""
+    beta: float = 0.0
+    """KL coefficient against the frozen reference model; 0 skips the reference model entirely
+    (DAPO / Dr. GRPO / most R1-Zero replications)."""
+    kl_estimator: str = "k3"
+    """``"k1"``, ``"k2"`` or ``"k3"`` (eq-kl-k3, GRPO's choice)."""
+    kl_in_reward: bool = False
+    """Put the KL penalty into the reward (``r_i - beta * sum_t KL_it`` with the ``kl_estimator``, RLHF
+    style, before the advantages are normalised) instead of into the loss."""
+    clip_eps_low: float = 0.2
+    """Lower clip range: the ratio may not go below ``1 - clip_eps_low`` for negative advantages."""
+    clip_eps_high: float | None = None
+    """Upper clip range (``None``: same as ``clip_eps_low``; DAPO's clip-higher uses 0.28)."""
+    num_iterations: int = 1
+    """mu, gradient updates per rollout batch. 1: strictly on-policy (old = detached current, ratio 1);
+    > 1: old log-probs are recomputed once and the clipping becomes active."""
+    loss_type: str = "grpo"
+    """Token aggregation: ``"grpo"``, ``"bnpo"``, ``"dr_grpo"`` or ``"dapo"`` (see :func:`grpo_loss`)."""
+    scale_rewards: str = "group"
+    """Advantage scaling: ``"group"`` (divide by group std), ``"batch"`` or ``"none"`` (Dr. GRPO)."""
+    micro_batch_size: int | None = None
+    """Completions per forward/backward pass (gradient accumulation); ``None``: the whole batch."""
+    template: str | None = "r1_zero"
+    """Prompt template for :func:`rlcore.llm.tasks.format_prompt` (``"r1_zero"``, ``"chat"``);
+    ``None`` uses each example's prompt verbatim."""
+    prefill_think: bool = True
+    """End the templated prompt with ``<think>`` (the completion starts inside the reasoning block;
+    reward functions receive ``prefilled_think=True``)."""
+    reward_weights: list[float] | None = None
+    """Weights of the reward functions (``None``: all 1)."""
+    seed: int = 0
+    """Seed for prompt order, sampling and anything random in training."""
+    log_path: str | None = None
+    """JSONL metrics file (appended on resume); also receives the completions tables."""
+    log_completions: int = 4
+    """Rows of (prompt, completion, reward) logged per step to ``log_path`` (0: none)."""
+    checkpoint_path: str | None = None
+    """Checkpoint file (atomic writes); ``None`` disables checkpointing."""
+    checkpoint_every: int = 0
+    """Save every this many steps (0: only at the end, when ``checkpoint_path`` is set)."""
+    resume: bool = False
+    """Continue from ``checkpoint_path`` if it exists (model, optimizer, step, RNG, history)."""
+    eval_every: int = 0
+    """Evaluate on ``eval_dataset`` with greedy decoding every this many steps (0: only at the end)."""
+    eval_max_new_tokens: int | None = None
+    """Completion budget for evaluation (``None``: ``max_new_tokens``)."""
+    eval_batch_size: int = 32
+    """Prompts per greedy-decoding batch during evaluation."""
+    device: str | None = None
+    """``"cuda"``/``"cpu"``; ``None`` keeps the model where it is."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar (disabled in CI)."""
+
+    def __post_init__(self):
+        for name in ("steps", "prompts_per_step", "num_generations", "max_new_tokens", "num_iterations"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2: GRPO's advantage compares the G outputs of a group "
+                             f"(G=1 gives zero advantage everywhere), got {self.num_generations}")
+        check_positive("learning_rate", self.learning_rate)
+        check_positive("temperature", self.temperature)
+        check_positive("beta", self.beta, allow_zero=True)
+        check_probability("clip_eps_low", self.clip_eps_low)
+        if self.clip_eps_high is not None:
+            check_positive("clip_eps_high", self.clip_eps_high, allow_zero=True)
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")
+        _kl_estimator(self.kl_estimator)
+        if self.micro_batch_size is not None and (not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 1):
+            raise ValueError(f"micro_batch_size must be a positive integer or None, got {self.micro_batch_size!r}")
+
+
+@dataclass
+class GRPOResult:
+    """What :func:`train_grpo` returns."""
+
+    model: Any
+    history: History
+    config: GRPOConfig
+    steps: int
+    wall_seconds: float
+    last_rollout: Rollout | None = None
+    eval_metrics: dict = field(default_factory=dict)
+
+
+# ============================================================== data and rewards
+def _prompt_of(ex) -> str:
+    if isinstance(ex, str):
+        return ex
+    if isinstance(ex, dict):
+        return ex["prompt"]
+    return ex.prompt
+
+
+def _format(ex, template, tokenizer, prefill_think: bool = True) -> str:
+    if template is None:
+        return _prompt_of(ex)
+    from .tasks import format_prompt
+
+    return format_prompt(_prompt_of(ex), template=template, tokenizer=tokenizer, prefill_think=prefill_think)
+
+
+def _reward_kwargs(examples: Sequence, G: int, prefilled: bool) -> dict:
+    """Dataset columns (``answer`` and ``meta`` keys, or dict keys) as TRL-style reward kwargs, one per completion."""
+    rows = []
+    for ex in examples:
+        if isinstance(ex, str):
+            rows.append({})
+        elif isinstance(ex, dict):
+            rows.append({k: v for k, v in ex.items() if k != "prompt"})
+        else:
+            row = dict(getattr(ex, "meta", None) or {})
+            if hasattr(ex, "answer"):
+                row["answer"] = ex.answer
+            rows.append(row)
+    keys = set().union(*rows) if rows else set()
+    kw = {k: [r.get(k) for r in rows for _ in range(G)] for k in keys}
+    kw["prefilled_think"] = [prefilled] * (len(examples) * G)
+    return kw
+
+
+def _reflection_rate(completions):
+    from .rewards import reflection_rate
+
+    return reflection_rate(completions)
+
+
+# ============================================================== evaluation
+@torch.no_grad()
+def evaluate(model, tokenizer, dataset: Sequence, template: str | None = "r1_zero", max_new_tokens: int = 64,
+             batch_size: int = 32, accuracy_fn: Callable | None = None, format_fn: Callable | None = None,
+             prefill_think: bool = True) -> dict:
+    """Greedy decoding on a held-out set: ``{"heldout_accuracy", "format_rate", "mean_length"}``.
+
+    ``accuracy_fn``/``format_fn`` default to :func:`rlcore.llm.rewards.accuracy_reward` and
+    ``format_reward``; a completion counts as correct / well-formatted when its reward is > 0.5.
+    """
+    if len(dataset) == 0:
+        raise ValueError("eval dataset is empty")
+    if accuracy_fn is None or format_fn is None:
+        from .rewards import accuracy_reward, format_reward
+
+        accuracy_fn = accuracy_fn or accuracy_reward
+        format_fn = format_fn or format_reward
+    prefilled = template is not None and prefill_think
+    acc, fmt, lengths = [], [], []
+    for s in range(0, len(dataset), batch_size):
+        exs = list(dataset[s:s + batch_size])
+        prompts = [_format(ex, template, tokenizer, prefill_think) for ex in exs]
+        ro = generate(model, tokenizer, prompts, num_generations=1, max_new_tokens=max_new_tokens, greedy=True)
+        kw = _reward_kwargs(exs, 1, prefilled)
+        acc += [float(v) > 0.5 for v in accuracy_fn(prompts, ro.completions, **kw)]
+        fmt += [float(v) > 0.5 for v in format_fn(prompts, ro.completions, **kw)]
+        lengths += ro.lengths.tolist()
+    return {"heldout_accuracy": float(np.mean(acc)), "format_rate": float(np.mean(fmt)),
+            "eval_mean_length": float(np.mean(lengths))}
+
+
+# ============================================================== training loop
+def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_funcs: Sequence[Callable],
+               reward_weights: Sequence[float] | None = None, ref_model=None, eval_dataset: Sequence | None = None) -> GRPOResult:
+    """Train ``model`` with GRPO (eq-grpo-objective) and return a :class:`GRPOResult`.
+
+    ``dataset``: ``rlcore.llm.tasks.Example`` objects, dicts with a ``"prompt"`` key, or strings.
+    ``reward_funcs``: TRL-style ``f(prompts, completions, **kwargs) -> list[float]``; the kwargs are
+    the dataset columns (``answer``, meta keys) repeated per completion, plus ``prefilled_think``.
+    Each step: sample prompts -> ``G`` completions each -> rewards -> group-normalised advantages
+    (eq-group-advantage) -> old log-probs (only when ``num_iterations > 1``) -> reference log-probs
+    (only when ``beta > 0``) -> ``num_iterations`` gradient steps on :func:`grpo_loss`.
+    """
+    if not isinstance(cfg, GRPOConfig):
+        raise TypeError(f"cfg must be a GRPOConfig, got {type(cfg).__name__}")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty; pass a list of examples")
+    if isinstance(reward_funcs, Callable):
+        reward_funcs = [reward_funcs]
+    reward_funcs = list(reward_funcs)
+    if not reward_funcs or not all(callable(f) for f in reward_funcs):
+        raise ValueError("reward_funcs must be a non-empty list of callables f(prompts, completions, **kwargs)")
+    weights = list(reward_weights if reward_weights is not None else (cfg.reward_weights or [1.0] * len(reward_funcs)))
+    if len(weights) != len(reward_funcs):
+        raise ValueError(f"got {len(weights)} reward weights for {len(reward_funcs)} reward functions")
+
+    gen = seed_everything(cfg.seed)
+    if cfg.device is not None:
+        model.to(cfg.device)
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        gen = torch.Generator(device=device)
+        gen.manual_seed(cfg.seed)
+    # The reference model is only built when a KL term needs it (beta > 0): it costs a full copy.
+    own_ref = False
+    if cfg.beta > 0 and ref_model is None:
+        ref_model, own_ref = copy.deepcopy(model), True
+    if ref_model is not None:
+        ref_model.eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    history = History()
+    start_step = 0
+    order_rng = np.random.default_rng(cfg.seed)
+    if cfg.resume and cfg.checkpoint_path and Path(cfg.checkpoint_path).exists():
+        ck = load_checkpoint(cfg.checkpoint_path, map_location=device)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if own_ref and ck.get("ref_model") is not None:
+            ref_model.load_state_dict(ck["ref_model"])
+        history.load_state_dict(ck["history"])
+        start_step = int(ck["step"])
+        set_rng_state(ck["rng"])
+        gen.set_state(ck["generator"].cpu())
+        order_rng.bit_generator.state = ck["order_rng"]
+
+    def save(step: int):
+        save_checkpoint(cfg.checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ref_model": ref_model.state_dict() if own_ref else None, "history": history.state_dict(),
+            "step": step, "rng": rng_state(), "generator": gen.get_state(),
+            "order_rng": order_rng.bit_generator.state, "config": asdict(cfg)})
+
+    logger = JSONLLogger(cfg.log_path, append=cfg.resume)
+    G = cfg.num_generations
+    prefilled = cfg.template is not None and cfg.prefill_think
+    kl_fn = _kl_estimator(cfg.kl_estimator)
+    loss_beta = 0.0 if cfg.kl_in_reward else cfg.beta
+    eval_tokens = cfg.eval_max_new_tokens or cfg.max_new_tokens
+    t_start = time.perf_counter()
+    ro = None
+    eval_metrics: dict = {}
+    bar = progress(range(start_step, cfg.steps), total=cfg.steps, initial=start_step, desc="GRPO",
+                   disable=None if cfg.progress_bar else True)
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            idx = order_rng.choice(len(dataset), size=min(cfg.prompts_per_step, len(dataset)), replace=False)
+            examples = [dataset[int(i)] for i in idx]
+            prompts = [_format(ex, cfg.template, tokenizer, cfg.prefill_think) for ex in examples]
+
+            # ---- 1. rollout: G completions per prompt from the current policy (= pi_old)
+            ro = generate(model, tokenizer, prompts, num_generations=G, max_new_tokens=cfg.max_new_tokens,
+                          temperature=cfg.temperature, top_p=cfg.top_p, generator=gen)
+            p_ids, p_mask, c_ids, c_mask = ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask
+            N, L = c_ids.shape
+
+            # ---- 2. rewards (eq-outcome-reward), one scalar per completion
+            rewards, per_func = compute_rewards(reward_funcs, weights, ro.prompts, ro.completions,
+                                                 **_reward_kwargs(examples, G, prefilled))
+            rewards = rewards.to(device=device, dtype=torch.float32)
+
+            # ---- 3. old and reference log-probs (no grad); skipped when not needed
+            old_logp = ref_logp = None
+            with torch.no_grad():
+                if cfg.num_iterations > 1:
+                    old_logp = token_logprobs(model, p_ids, p_mask, c_ids, c_mask, cfg.temperature)
+                if cfg.beta > 0:
+                    ref_logp = token_logprobs(ref_model, p_ids, p_mask, c_ids, c_mask, cfg.temperature)
+            seq_kl = None
+            if cfg.kl_in_reward and cfg.beta > 0:
+                behaviour = old_logp if old_logp is not None else ro.logprobs.to(device)
+                seq_kl = (kl_fn(behaviour, ref_logp) * c_mask).sum(1)
+                rewards = rewards - cfg.beta * seq_kl
+
+            # ---- 4. group-normalised advantages (eq-group-advantage); equal rewards -> 0
+            advantages = group_normalized_advantages(rewards, group_size=G, scale=cfg.scale_rewards)
+            zero_var = zero_variance_groups(rewards, group_size=G)
+
+            # ---- 5. num_iterations (mu) gradient steps on the same batch
+            model.train()
+            mb = cfg.micro_batch_size or N
+            n_tokens = c_mask.sum()
+            step_metrics: list[dict] = []
+            entropy_sum = torch.zeros((), device=device)
+            for it in range(cfg.num_iterations):
+                optimizer.zero_grad(set_to_none=True)
+                loss_total = 0.0
+                for s in range(0, N, mb):
+                    sl = slice(s, s + mb)
+                    logp, ent = token_logprobs(model, p_ids[sl], p_mask[sl], c_ids[sl], c_mask[sl], cfg.temperature,
+                                               return_entropy=True)
+                    if it == 0:
+                        entropy_sum = entropy_sum + ent.sum()
+                    old = old_logp[sl] if old_logp is not None else logp.detach()
+                    loss, met = grpo_loss(
+                        logp, old, ref_logp[sl] if ref_logp is not None else None, advantages[sl], c_mask[sl],
+                        clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high, beta=loss_beta,
+                        loss_type=cfg.loss_type, kl_estimator=cfg.kl_estimator, max_completion_length=cfg.max_new_tokens,
+                        num_items_in_batch=n_tokens)
+                    # grpo/dr_grpo average over sequences and bnpo over the micro-batch: weight by its share
+                    # of the batch; dapo already divides by the global token count.
+                    if cfg.loss_type != "dapo":
+                        loss = loss * (logp.shape[0] / N)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite GRPO loss at step {step}; lower learning_rate or check rewards")
+                    loss.backward()
+                    loss_total += loss.item()
+                    step_metrics.append(met)
+                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                             if cfg.max_grad_norm and cfg.max_grad_norm > 0 else None)
+                optimizer.step()
+            model.eval()
+
+            # ---- 6. metrics
+            lengths = c_mask.sum(1).float()
+            term = ro.terminated.to(device)
+            m = {
+                "reward": rewards.mean().item(), "reward_std": rewards.std().item() if N > 1 else 0.0,
+                "frac_zero_std_groups": zero_var.float().mean().item(),
+                "loss": loss_total, "grad_norm": None if grad_norm is None else float(grad_norm),
+                "entropy": (entropy_sum / n_tokens.clamp(min=1)).item(),
+                "completion_length": lengths.mean().item(),
+                "completion_length_terminated": lengths[term].mean().item() if term.any() else None,
+                "truncation_rate": 1.0 - term.float().mean().item(),
+                "reflection_rate": _reflection_rate(ro.completions),
+                "step_time": time.perf_counter() - t0,
+            }
+            for name, vals in per_func.items():
+                m[f"rewards/{name}"] = vals.float().mean().item()
+                m[f"rewards/{name}_std"] = vals.float().std().item() if len(vals) > 1 else 0.0
+            for k in step_metrics[0]:
+                m[k] = float(np.mean([d[k] for d in step_metrics]))
+            if seq_kl is not None:
+                m["kl"] = (seq_kl.sum() / n_tokens.clamp(min=1)).item()
+            done = step + 1
+            if eval_dataset is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
+                eval_metrics = evaluate(model, tokenizer, eval_dataset, cfg.template, eval_tokens, cfg.eval_batch_size,
+                                        prefill_think=cfg.prefill_think)
+                m.update(eval_metrics)
+            history.log(done, **{k: v for k, v in m.items() if v is not None})
+            logger.log(done, **m)
+            if cfg.log_completions:
+                rows = [{"prompt": ro.prompts[i], "completion": ro.completions[i], "reward": rewards[i].item(),
+                         "advantage": advantages[i].item()} for i in range(min(cfg.log_completions, N))]
+                logger.log(done, completions=rows)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['completion_length']:.1f}")
+            if cfg.checkpoint_path and (done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                save(done)
+    finally:
+        logger.close()
+        if hasattr(bar, "close"):
+            bar.close()
+    return GRPOResult(model=model, history=history, config=cfg, steps=cfg.steps,
+                      wall_seconds=time.perf_counter() - t_start, last_rollout=ro, eval_metrics=eval_metrics)
