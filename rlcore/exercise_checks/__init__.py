@@ -1,0 +1,1 @@
+"""Automatic checkers for the exercises of each chapter (one module per chapter, built on rlcore.exercises)."""
