@@ -1,0 +1,421 @@
+"""Supervised fine-tuning on chain-of-thought traces: R1's cold start (coverage C21).
+
+DeepSeek-R1 starts RL from a checkpoint fine-tuned on a *small* set of clean, readable
+chain-of-thought examples ("cold-start data"), instead of from the raw base model as in
+R1-Zero. Here the traces are written by a program: column-wise arithmetic with carries and
+borrows spelled out, inside ``<think> ... </think>``, then ``<answer> ... </answer>``;
+optionally followed by a "Wait, let me check" verification sentence (the reflection
+behaviour RL is said to discover, here taught directly).
+
+The loss (eq-sft-loss) is next-token cross-entropy on the completion tokens only::
+
+    L_SFT(theta) = - 1/|C| sum_{t in C} log pi_theta(x_t | x_<t)
+
+where ``C`` are the completion positions (the EOS included); prompt and padding positions
+carry label ``-100`` (PyTorch's ``ignore_index``), so the model is not trained to reproduce
+the question or the template.
+
+:func:`train_sft` is DDP-aware: when ``torch.distributed`` is initialised with more than one
+process, the model is wrapped in ``DistributedDataParallel`` (gradients are all-reduced,
+averaged over ranks) and each rank takes a disjoint slice of every global batch.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..training import History, JSONLLogger, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..utils import check_positive, seed_everything
+
+__all__ = [
+    "IGNORE_INDEX",
+    "cot_trace",
+    "sft_dataset",
+    "encode_pair",
+    "collate_sft",
+    "sft_loss",
+    "SFTConfig",
+    "train_sft",
+]
+
+IGNORE_INDEX = -100
+"""Label of positions that do not count in the loss (prompt tokens and padding)."""
+
+_PLACES = ["ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands"]
+
+
+def _place(k: int) -> str:
+    return _PLACES[k] if k < len(_PLACES) else f"10^{k}s"
+
+
+# ============================================================== programmatic traces
+def _parse_expression(example) -> tuple[list[int], list[str]]:
+    """Operands and operators of an arithmetic question (from ``meta`` if present, else the prompt text)."""
+    meta = getattr(example, "meta", None) or {}
+    if "operands" in meta and "ops" in meta:
+        return [int(x) for x in meta["operands"]], list(meta["ops"])
+    text = example if isinstance(example, str) else example.prompt
+    m = re.search(r"-?\d+(?:\s*[-+*]\s*-?\d+)+", text)
+    if m is None:
+        raise ValueError(f"no arithmetic expression like '12 + 34' found in {text!r}; cot_trace handles + - * questions")
+    tokens = re.findall(r"(?<=\d)\s*[-+*]|-?\d+", m.group(0))
+    nums = [int(t) for t in tokens[0::2]]
+    ops = [t.strip() for t in tokens[1::2]]
+    return nums, ops
+
+
+def _digits(n: int) -> list[int]:
+    return [int(c) for c in reversed(str(abs(n)))]
+
+
+def _addition_steps(nums: list[int], compact: bool = False) -> list[str]:
+    cols = max(len(_digits(n)) for n in nums)
+    lines, carry = [], 0
+    for k in range(cols):
+        ds = [(_digits(n)[k] if k < len(_digits(n)) else 0) for n in nums]
+        total = sum(ds) + carry
+        new_carry = total // 10
+        if compact:
+            terms = "+".join(str(d) for d in ds) + (f"+{carry}" if carry else "")
+            lines.append(f"{_place(k)} {terms}={total} write {total % 10}" + (f" carry {new_carry}" if new_carry else ""))
+        else:
+            terms = " + ".join(str(d) for d in ds) + (f" + carry {carry}" if carry else "")
+            tail = f", write {total % 10} and carry {new_carry}." if new_carry else f", write {total}."
+            lines.append(f"Add the {_place(k)}: {terms} = {total}{tail}")
+        carry = new_carry
+    if carry:
+        lines.append(f"write carry {carry}" if compact else f"Bring down the last carry {carry}.")
+    return lines
+
+
+def _subtraction_steps(a: int, b: int) -> list[str]:
+    # a >= b >= 0: column subtraction with borrows
+    da, db = _digits(a), _digits(b)
+    lines, borrow = [], 0
+    for k in range(len(da)):
+        x = da[k] - borrow
+        y = db[k] if k < len(db) else 0
+        head = f"Subtract the {_place(k)}: " + (f"{da[k]} minus the borrowed 1 is {x}, and " if borrow else "")
+        if x < y:
+            lines.append(f"{head}{x} is less than {y}, so borrow 1: {x + 10} - {y} = {x + 10 - y}.")
+            borrow = 1
+        else:
+            lines.append(f"{head}{x} - {y} = {x - y}.")
+            borrow = 0
+    return lines
+
+
+def _multiplication_steps(a: int, b: int) -> list[str]:
+    lines, partial = [], []
+    for k, d in enumerate(_digits(b)):
+        p = abs(a) * d * 10**k
+        partial.append(p)
+        lines.append(f"Multiply {abs(a)} by the {_place(k)} digit {d}: {abs(a)} * {d * 10**k} = {p}.")
+    if len(partial) > 1:
+        lines.append(f"Add the partial products: {' + '.join(map(str, partial))} = {sum(partial)}.")
+    return lines
+
+
+def cot_trace(example, prefilled_think: bool = True, self_check: bool = False, style: str = "words") -> str:
+    """A clean chain-of-thought completion for an arithmetic question (C21's cold-start data).
+
+    ``example`` is a :class:`rlcore.llm.tasks.Example` (or a question string) with a
+    two-operand ``+``/``-``/``*`` question or a chain of ``+``. Returns the text the model should
+    generate after the prompt: the column-by-column reasoning in words, ``</think>``, then
+    ``<answer>N</answer>``. With ``prefilled_think=True`` (the R1-Zero template ends with
+    ``<think>``) the completion starts inside the think block; otherwise it opens it.
+    ``self_check`` appends a "Wait, let me check" verification by the inverse operation.
+    The result is checked against ``example.answer`` when available. ``style="compact"``
+    writes additions tersely (``tens 4+8+1=13 write 3 carry 1``), about a third of the
+    tokens, for the tiny CPU model; other operations always use words.
+    """
+    if style not in ("words", "compact"):
+        raise ValueError(f"style must be 'words' or 'compact', got {style!r}")
+    nums, ops = _parse_expression(example)
+    expr = " ".join([str(nums[0])] + [f"{o} {n}" for o, n in zip(ops, nums[1:])])
+    if all(o == "+" for o in ops) and all(n >= 0 for n in nums):
+        result = sum(nums)
+        lines = _addition_steps(nums, compact=style == "compact")
+        rest = "" if len(nums) == 2 else f", which is {' + '.join(map(str, nums[:-1]))}"
+        check = f"Wait, let me check: {result} - {nums[-1]} = {result - nums[-1]}{rest}. Correct."
+    elif ops == ["-"] and min(nums) >= 0:
+        a, b = nums
+        result = a - b
+        if a >= b:
+            lines = _subtraction_steps(a, b)
+        else:
+            lines = [f"{a} is smaller than {b}, so compute {b} - {a} and make it negative."] + _subtraction_steps(b, a)
+        check = f"Wait, let me check: {result} + {b} = {a}. Correct."
+    elif ops == ["*"]:
+        a, b = nums
+        result = a * b
+        lines = _multiplication_steps(a, b)
+        if (a < 0) != (b < 0) and result != 0:
+            lines.append("One factor is negative, so the product is negative.")
+        check = (f"Wait, let me check: {result} / {b} = {a}. Correct." if b != 0
+                 else "Wait, let me check: anything times 0 is 0. Correct.")
+    else:
+        # fallback: evaluate left to right, one operation per line (Python precedence for *)
+        result = int(eval(expr, {"__builtins__": {}}))  # noqa: S307 - digits and + - * only (regex above)
+        lines = [f"Evaluate {expr} step by step."]
+        check = f"Wait, let me check: {expr} = {result}. Correct."
+    answer = getattr(example, "answer", None)
+    if answer is not None and str(answer).strip() not in (str(result), f"{result}.0"):
+        raise ValueError(f"cot_trace computed {expr} = {result} but the example's answer is {answer!r}")
+    if style == "compact" and all(o == "+" for o in ops):
+        body = lines + (["wait, check: " + check.split(": ", 1)[1]] if self_check else [])
+    else:
+        body = [f"We need {expr}."] + lines + [f"So {expr} = {result}."] + ([check] if self_check else [])
+    think = "\n".join(body)
+    prefix = "" if prefilled_think else "<think>"
+    return f"{prefix}\n{think}\n</think>\n<answer>{result}</answer>"
+
+
+def sft_dataset(examples: Sequence, template: str = "r1_zero", tokenizer=None, self_check_rate: float = 0.0,
+                seed: int = 0, style: str = "words") -> list[tuple[str, str]]:
+    """``(prompt, completion)`` pairs: the formatted prompt and :func:`cot_trace` of each example.
+
+    ``self_check_rate`` is the share of traces with the "Wait, let me check" sentence (chosen
+    with a seeded RNG). ``template`` goes to :func:`rlcore.llm.tasks.format_prompt`
+    (``None``: the bare question, as ``GRPOConfig(template=None)`` uses it); the completion
+    opens ``<think>`` only when the template does not prefill it.
+    """
+    from .tasks import format_prompt
+
+    if not 0.0 <= self_check_rate <= 1.0:
+        raise ValueError(f"self_check_rate must lie in [0, 1], got {self_check_rate!r}")
+    rng = random.Random(seed)
+    prefilled = template == "r1_zero"
+    pairs = []
+    for ex in examples:
+        if template is None:
+            prompt = ex if isinstance(ex, str) else ex.prompt
+        else:
+            prompt = format_prompt(ex, template=template, tokenizer=tokenizer)
+        pairs.append((prompt, cot_trace(ex, prefilled_think=prefilled, self_check=rng.random() < self_check_rate,
+                                        style=style)))
+    return pairs
+
+
+# ============================================================== tokenisation and loss
+def encode_pair(tokenizer, prompt: str, completion: str, max_length: int | None = None, add_eos: bool = True):
+    """Token ids and labels of one pair: labels are ``-100`` on the prompt, the ids on the completion.
+
+    Prompt and completion are tokenised separately (the model generates the completion
+    tokens after the prompt tokens, so this is the split it sees at inference). EOS is
+    appended so the model learns to stop. Too long -> the completion is cut on the right.
+    """
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if add_eos:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("tokenizer has no eos_token_id; set tokenizer.eos_token or pass add_eos=False")
+        c = c + [tokenizer.eos_token_id]
+    if max_length is not None:
+        if len(p) >= max_length:
+            raise ValueError(f"prompt has {len(p)} tokens, not fewer than max_length={max_length}; raise max_length")
+        c = c[: max_length - len(p)]
+    return p + c, [IGNORE_INDEX] * len(p) + c
+
+
+def collate_sft(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int | None = None):
+    """Right-padded batch: ``dict(input_ids, attention_mask, labels)`` (labels ``-100`` on prompt and padding)."""
+    if len(pairs) == 0:
+        raise ValueError("no (prompt, completion) pairs to collate")
+    rows = [encode_pair(tokenizer, p, c, max_length) for p, c in pairs]
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked next-token cross-entropy (eq-sft-loss): logits at ``t`` predict ``labels[t+1]``;
+    positions labelled ``-100`` are ignored; mean over the remaining (completion) tokens."""
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on [batch, time]")
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    if (shift_labels != IGNORE_INDEX).sum() == 0:
+        raise ValueError("every label is -100: no completion tokens to train on (max_length too small?)")
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
+
+
+# ============================================================== training
+@dataclass
+class SFTConfig:
+    """Hyperparameters of supervised fine-tuning (defaults suit the tiny CPU model)."""
+
+    learning_rate: float = 1e-3
+    """AdamW learning rate (1e-3 for the tiny random model; ~1e-5 for a pretrained 135M model)."""
+    epochs: int = 1
+    """Passes over the pairs (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides ``epochs``)."""
+    batch_size: int = 8
+    """Pairs per optimizer step (the global batch; split across ranks under DDP)."""
+    max_length: int = 1024
+    """Maximum tokens of prompt + completion; longer completions are cut on the right."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps, then constant."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (global norm)."""
+    seed: int = 0
+    """Seed for shuffling (the order of epoch ``e`` depends only on ``seed`` and ``e``)."""
+    device: str | None = None
+    """Device to train on; ``None`` keeps the model where it is."""
+    log_every: int = 1
+    """Record metrics every this many steps."""
+    log_path: str | None = None
+    """JSONL metrics file (rank 0 only)."""
+    checkpoint_path: str | None = None
+    """Atomic checkpoint file (rank 0 writes); ``None`` disables."""
+    checkpoint_every: int = 0
+    """Save every this many steps (0: only at the end when ``checkpoint_path`` is set)."""
+    resume: bool = False
+    """Continue from ``checkpoint_path`` if it exists."""
+
+    def __post_init__(self):
+        check_positive("learning_rate", self.learning_rate)
+        for name in ("epochs", "batch_size", "max_length"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"max_steps must be None or an integer >= 1, got {self.max_steps!r}")
+
+
+def _dist_info() -> tuple[bool, int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return True, dist.get_rank(), dist.get_world_size()
+    return False, 0, 1
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def train_sft(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], cfg: SFTConfig | None = None,
+              eval_fn: Callable[[nn.Module], dict] | None = None, eval_every: int = 0) -> History:
+    """Fine-tune ``model`` on ``(prompt, completion)`` pairs with :func:`sft_loss`; returns a :class:`History`.
+
+    Metrics per logged step: ``loss`` (mean over the step's completion tokens), ``tokens``
+    (completion tokens trained on so far, summed over ranks), ``seq_tokens`` (all prompt +
+    completion tokens through forward and backward so far: the compute count of
+    :mod:`rlcore.llm.distill`), ``lr``, ``time_s``.
+    ``eval_fn(model) -> dict`` runs every ``eval_every`` steps and at the end (rank 0 logs it).
+    Under ``torch.distributed`` (initialised, world size > 1) the model is wrapped in DDP.
+    """
+    cfg = cfg or SFTConfig()
+    if not isinstance(cfg, SFTConfig):
+        raise TypeError(f"cfg must be an SFTConfig, got {type(cfg).__name__}")
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("pairs is empty; build them with sft_dataset(examples) or rejection_sample(...)")
+    if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
+        raise TypeError("pairs must be (prompt, completion) tuples of strings")
+    distributed, rank, world = _dist_info()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the world size {world}")
+    seed_everything(cfg.seed)
+    if cfg.device is not None:
+        model.to(cfg.device)
+    device = next(model.parameters()).device
+    net = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    history = History()
+    step, tokens_seen, seq_tokens_seen = 0, 0, 0
+    if cfg.resume and cfg.checkpoint_path and Path(cfg.checkpoint_path).exists():
+        ck = load_checkpoint(cfg.checkpoint_path, map_location=device)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        history.load_state_dict(ck["history"])
+        step, tokens_seen, seq_tokens_seen = ck["step"], ck["tokens"], ck.get("seq_tokens", 0)
+        set_rng_state(ck["rng"])
+    logger = JSONLLogger(cfg.log_path if rank == 0 else None, append=cfg.resume)
+
+    def save():
+        if cfg.checkpoint_path and rank == 0:
+            save_checkpoint(cfg.checkpoint_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                  "history": history.state_dict(), "step": step, "tokens": tokens_seen,
+                                                  "seq_tokens": seq_tokens_seen,
+                                                  "rng": rng_state(), "config": asdict(cfg)})
+
+    t0 = time.perf_counter()
+    net.train()
+    while step < total:
+        epoch, b = divmod(step, steps_per_epoch)
+        order = _epoch_order(len(pairs), cfg.seed, epoch)
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        idx = idx[rank::world] if len(idx) >= world else idx[:1]  # each rank its own slice of the global batch
+        batch = collate_sft(tokenizer, [pairs[int(i)] for i in idx], cfg.max_length)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        lr = cfg.learning_rate * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.learning_rate
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        loss = sft_loss(logits, batch["labels"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite SFT loss at step {step}; lower learning_rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP all-reduces (averages) the gradients here
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        # [completion tokens trained on, all tokens through forward+backward] (compute accounting)
+        n_tok = torch.tensor([float((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
+                              float(batch["attention_mask"].sum())], device=device)
+        loss_d = loss.detach().clone()
+        if distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(n_tok)
+            dist.all_reduce(loss_d)
+            loss_d /= world
+        tokens_seen += int(n_tok[0].item())
+        seq_tokens_seen += int(n_tok[1].item())
+        step += 1
+        if step % cfg.log_every == 0 or step == total:
+            metrics = {"loss": float(loss_d), "tokens": tokens_seen, "seq_tokens": seq_tokens_seen, "lr": lr,
+                       "time_s": time.perf_counter() - t0}
+            if eval_fn is not None and eval_every and step % eval_every == 0:
+                metrics.update(eval_fn(model))
+            history.log(step, **metrics)
+            logger.log(step, **metrics)
+        if cfg.checkpoint_path and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save()
+    if eval_fn is not None and not (eval_every and step % eval_every == 0):
+        m = eval_fn(model)
+        history.log(step, **m)
+        logger.log(step, **m)
+    if cfg.checkpoint_path:
+        save()
+    logger.close()
+    model.eval()
+    return history
