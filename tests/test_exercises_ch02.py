@@ -1,0 +1,155 @@
+"""Checkers of chapter 2's exercises (rlcore.exercises): right answers pass, known mistakes fail
+with their hint, and the reference values agree with independent closed forms."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rlcore import exercises as ex
+from rlcore import tabular as tab
+
+
+def softmax(x):
+    z = np.exp(x - x.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+# ------------------------------------------------------------------ independent solutions
+def bandit_gradient(logits, m):
+    """Closed form dJ/dtheta_b = pi_b (m_b - J), no autograd."""
+    p = softmax(logits)
+    return p * (m - p @ m)
+
+
+def reinforce_estimate(logits, actions, rewards, baseline):
+    """mean_i (r_i - b)(onehot(a_i) - pi), written without rlcore."""
+    p = softmax(logits)
+    return ((rewards - baseline)[:, None] * (np.eye(len(logits))[actions] - p)).mean(0)
+
+
+def theorem_gradient(P, R, gamma, mu0, logits):
+    """eta(s) pi(b|s) (Q(s,b) - V(s)) with numpy linear algebra only."""
+    pi = softmax(logits)
+    P_pi = np.einsum("sa,sax->sx", pi, P)
+    eye = np.eye(len(mu0))
+    V = np.linalg.solve(eye - gamma * P_pi, (pi * R).sum(1))
+    Q = R + gamma * P @ V
+    eta = np.linalg.solve((eye - gamma * P_pi).T, mu0)
+    return eta[:, None] * pi * (Q - V[:, None])
+
+
+CHECKERS = [
+    (ex.check_softmax_policy_gradient, bandit_gradient),
+    (ex.check_reinforce_gradient, reinforce_estimate),
+    (ex.check_policy_gradient_theorem, theorem_gradient),
+]
+
+
+@pytest.mark.parametrize("checker,solution", CHECKERS)
+def test_correct_solution_passes(checker, solution, capsys):
+    assert checker(solution) is True
+    assert "✓" in capsys.readouterr().out
+    assert checker(solution, raise_on_fail=True) is True
+
+
+@pytest.mark.parametrize("checker,solution", CHECKERS)
+def test_torch_answer_accepted(checker, solution):
+    assert checker(lambda *a: torch.as_tensor(solution(*a))) is True
+
+
+@pytest.mark.parametrize("checker,solution", CHECKERS)
+def test_stub_and_scaled_answers_fail(checker, solution, capsys):
+    assert checker(lambda *a: None) is False
+    assert "returned None" in capsys.readouterr().out
+    assert checker(lambda *a: 1.01 * solution(*a)) is False
+    with pytest.raises(ex.ExerciseError):
+        checker(lambda *a: 1.01 * solution(*a), raise_on_fail=True)
+
+
+@pytest.mark.parametrize("checker,solution", CHECKERS)
+def test_exceptions_are_reported(checker, solution, capsys):
+    def broken(*a):
+        raise NotImplementedError
+
+    assert checker(broken) is False
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+def _p(th):
+    return softmax(th)
+
+
+@pytest.mark.parametrize("wrong,phrase", [
+    (lambda th, m: _p(th) * m, "normaliser"),
+    (lambda th, m: m - _p(th) @ m, "factor pi_b is missing"),
+    (lambda th, m: _p(th) * (m - m.mean()), "plain average"),
+    (lambda th, m: -bandit_gradient(th, m), "sign is flipped"),
+])
+def test_softmax_gradient_mistakes_get_their_hint(wrong, phrase, capsys):
+    assert ex.check_softmax_policy_gradient(wrong) is False
+    assert phrase in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,phrase", [
+    (lambda th, a, r, b: -reinforce_estimate(th, a, r, b), "gradient of the *loss*"),
+    (lambda th, a, r, b: reinforce_estimate(th, a, r, 0.0), "subtract the baseline"),
+    (lambda th, a, r, b: len(a) * reinforce_estimate(th, a, r, b), "do not sum"),
+    (lambda th, a, r, b: ((r - b)[:, None] * np.eye(len(th))[a]).mean(0), "'- pi' from the normaliser"),
+    (lambda th, a, r, b: ((r - b)[:, None] * _p(th)[a][:, None] * (np.eye(len(th))[a] - _p(th))).mean(0),
+     "eq-log-derivative"),
+])
+def test_reinforce_mistakes_get_their_hint(wrong, phrase, capsys):
+    assert ex.check_reinforce_gradient(wrong) is False
+    assert phrase in capsys.readouterr().out
+
+
+def _theorem_variant(weights, use_R=False, with_pi=True):
+    def wrong(P, R, gamma, mu0, logits):
+        pi = softmax(logits)
+        P_pi = np.einsum("sa,sax->sx", pi, P)
+        eye = np.eye(len(mu0))
+        V = np.linalg.solve(eye - gamma * P_pi, (pi * R).sum(1))
+        Q = R + gamma * P @ V
+        eta = np.linalg.solve((eye - gamma * P_pi).T, mu0)
+        w = {"d": eta / eta.sum(), "mu0": mu0, "eta": eta}[weights]
+        vals = R if use_R else Q
+        adv = vals - (pi * vals).sum(1, keepdims=True)
+        return w[:, None] * (pi if with_pi else 1.0) * adv
+    return wrong
+
+
+@pytest.mark.parametrize("wrong,phrase", [
+    (_theorem_variant("d"), "1/(1-gamma)"),
+    (_theorem_variant("mu0"), "start distribution"),
+    (_theorem_variant("eta", use_R=True), "immediate reward"),
+    (_theorem_variant("eta", with_pi=False), "factor pi(b|s) is missing"),
+])
+def test_theorem_mistakes_get_their_hint(wrong, phrase, capsys):
+    assert ex.check_policy_gradient_theorem(wrong) is False
+    assert phrase in capsys.readouterr().out
+
+
+def test_reinforce_estimate_is_unbiased_for_the_checked_gradient():
+    """The two bandit exercises fit together: the REINFORCE estimate averages to the exact gradient."""
+    g = np.random.default_rng(0)
+    logits, means = np.array([0.3, -0.2, 0.8]), np.array([1.0, 0.0, 2.0])
+    n = 200_000
+    actions = g.choice(3, size=n, p=softmax(logits))
+    rewards = means[actions] + g.normal(size=n)
+    per_sample = (rewards - 1.0)[:, None] * (np.eye(3)[actions] - softmax(logits))
+    se = per_sample.std(0, ddof=1) / np.sqrt(n)
+    assert np.all(np.abs(reinforce_estimate(logits, actions, rewards, 1.0) - bandit_gradient(logits, means)) < 5 * se)
+
+
+def test_theorem_solution_matches_rlcore_theorem_rhs():
+    mdp = tab.random_mdp(6, 3, 0.95, seed=3)
+    logits = np.random.default_rng(1).normal(size=(6, 3))
+    ours = theorem_gradient(mdp.P.numpy(), mdp.R.numpy(), 0.95, mdp.mu0.numpy(), logits)
+    assert np.allclose(ours, tab.policy_gradient_theorem(mdp, torch.as_tensor(logits)).numpy(), atol=1e-10)
+    assert np.allclose(ours, tab.exact_policy_gradient(mdp, torch.as_tensor(logits)).numpy(), atol=1e-10)
+
+
+def test_checkers_reject_non_callables():
+    with pytest.raises(TypeError, match="pass your function itself"):
+        ex.check_reinforce_gradient(np.zeros(3))
