@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Build the book (normal and student editions) with Jupyter Book 1.
+
+    python scripts/build_book.py [--execute fresh|cache|force|off] [--no-student]
+                                 [--strict] [--open] [--repo PATH]
+
+Outputs
+    book/_build/html/             the book, every notebook executed
+    book/_build/student/html/     the student edition: same pages, solutions hidden
+    book/_build/logs/*.log        the full Sphinx logs
+
+Execution (--execute):
+    fresh (default)  empty the jupyter-cache, then execute every notebook once
+                     (same effect as execute_notebooks: force); the student edition
+                     reuses those cached outputs instead of executing again
+    cache            reuse cached outputs of unchanged notebooks (fast iteration)
+    force            execute in both editions, no cache
+    off              no execution (pages show the committed notebooks, i.e. no outputs)
+
+RLCORE_QUICK=1 in the environment reaches the notebook kernels (quick budgets).
+Exit status: 0 on success; 1 if a build failed, or with --strict if the logs contain
+errors or warnings about broken references (see ``check_log``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import webbrowser
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_toc  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Log lines that make a build "broken" even though Sphinx finished.
+ERROR_RE = re.compile(r"\b(ERROR|CRITICAL|SEVERE)\b|Exception occurred|Traceback \(most recent")
+BAD_WARNING_RE = re.compile(
+    r"undefined label|unknown target|unknown document|not found|xref_missing|"
+    r"could not find bibtex key|duplicate label|nonexisting document|"
+    r"Unknown directive type|Unknown interpreted text role|"
+    r"Inline interpreted text or phrase reference start-string without end-string|"
+    r"equation .*(not found|undefined)|Execution Failed|Executing notebook failed",
+    re.IGNORECASE,
+)
+
+
+def check_log(text: str) -> list[str]:
+    """Problems in a Sphinx log: errors, and warnings about broken references."""
+    problems = []
+    for line in text.splitlines():
+        if ERROR_RE.search(line):
+            problems.append(line.strip())
+        elif "WARNING" in line and BAD_WARNING_RE.search(line):
+            problems.append(line.strip())
+    return problems
+
+
+def jupyter_book_exe() -> str:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("jupyter-book")
+    if not found:
+        sys.exit("jupyter-book not found: run scripts/setup.sh first")
+    return found
+
+
+def write_config(book: Path, dest: Path, *, execute: str, student: bool, cache: Path | None):
+    cfg = yaml.safe_load((book / "_config.yml").read_text())
+    execute_cfg = cfg.setdefault("execute", {})
+    execute_cfg["execute_notebooks"] = execute
+    if cache is not None:
+        execute_cfg["cache"] = str(cache)
+    # local extension folders are resolved against the config file's folder: make
+    # them absolute, since this config file does not live in book/
+    local = cfg.get("sphinx", {}).get("local_extensions") or {}
+    for name, path in local.items():
+        local[name] = str((book / path).resolve())
+    sphinx_cfg = cfg.setdefault("sphinx", {}).setdefault("config", {})
+    sphinx_cfg["hide_solutions"] = bool(student)
+    if student:
+        cfg["title"] = f"{cfg.get('title', '')} (student edition)"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+
+
+def run_logged(cmd: list[str], log: Path, env: dict | None = None) -> tuple[int, str]:
+    """Run cmd, streaming its output to stdout and to log; return (rc, output)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    chunks = []
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            fh.write(line)
+            chunks.append(line)
+        rc = proc.wait()
+    return rc, "".join(chunks)
+
+
+def build_edition(
+    repo: Path, *, student: bool, execute: str, cache: Path | None, quiet: bool = False
+) -> tuple[int, str, Path]:
+    """Build one edition; return (returncode, log text, html directory)."""
+    book = repo / "book"
+    build = book / "_build"
+    name = "student" if student else "main"
+    cfg_path = build / "configs" / f"_config.{name}.yml"
+    write_config(book, cfg_path, execute=execute, student=student, cache=cache)
+    path_output = build / "student" if student else book
+    cmd = [
+        jupyter_book_exe(), "build", str(book), "--builder", "html",
+        "--config", str(cfg_path), "--path-output", str(path_output),
+    ]
+    if quiet:
+        cmd.append("-q")
+    env = dict(os.environ)
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    # autodoc and the notebook kernels import rlcore from this tree (also in a copy)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    print(f"\n=== building the {name} edition (execute={execute}) ===", flush=True)
+    t0 = time.time()
+    rc, out = run_logged(cmd, build / "logs" / f"{name}.log", env=env)
+    html = path_output / "_build" / "html"
+    if student and html.is_dir():
+        final = build / "student" / "html"
+        if final.exists():
+            shutil.rmtree(final)
+        html.rename(final)
+        html = final
+    print(f"=== {name} edition: rc={rc} in {time.time() - t0:.0f} s -> {html}", flush=True)
+    return rc, out, html
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Build the book (normal + student editions).")
+    ap.add_argument("--execute", choices=["fresh", "cache", "force", "off"], default="fresh")
+    ap.add_argument("--no-student", action="store_true", help="skip the student edition")
+    ap.add_argument("--strict", action="store_true", help="fail on errors / broken refs in logs")
+    ap.add_argument("--open", action="store_true", help="open the book in a browser")
+    ap.add_argument("--quiet", action="store_true", help="pass -q to jupyter-book")
+    ap.add_argument("--repo", type=Path, default=REPO)
+    args = ap.parse_args(argv)
+    repo = args.repo.resolve()
+    book = repo / "book"
+    build = book / "_build"
+
+    if not (book / "_offline" / "_static" / "mathjax" / "tex-chtml.js").exists():
+        print("WARNING: no local MathJax (book/_offline/_static/mathjax); run scripts/setup.sh",
+              file=sys.stderr)
+    quick = os.environ.get("RLCORE_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+    print(f"RLCORE_QUICK={'1 (quick budgets)' if quick else '0 (full budgets)'}")
+    make_toc.prepare(repo)
+
+    cache = build / ".jupyter_cache"
+    if args.execute == "fresh":
+        if cache.exists():
+            shutil.rmtree(cache)
+        main_mode, student_mode = "cache", "cache"
+    elif args.execute == "cache":
+        main_mode, student_mode = "cache", "cache"
+    else:
+        main_mode = student_mode = args.execute
+
+    t0 = time.time()
+    results = [build_edition(repo, student=False, execute=main_mode, cache=cache,
+                             quiet=args.quiet)]
+    if results[0][0] == 0 and not args.no_student:
+        results.append(build_edition(repo, student=True, execute=student_mode, cache=cache,
+                                     quiet=args.quiet))
+
+    status = 0
+    for (rc, log, html), name in zip(results, ["main", "student"]):
+        problems = check_log(log)
+        if problems:
+            print(f"\n{name} edition: {len(problems)} problem line(s) in the log:")
+            for p in problems[:40]:
+                print("   ", p)
+        if rc != 0:
+            print(f"{name} edition: jupyter-book failed (rc={rc})")
+            status = 1
+        elif problems and args.strict:
+            status = 1
+    index = build / "html" / "index.html"
+    print(f"\nTotal build time: {time.time() - t0:.0f} s")
+    if status == 0:
+        print(f"Book:            {index}")
+        if len(results) > 1:
+            print(f"Student edition: {build / 'student' / 'html' / 'index.html'}")
+        if args.open:
+            graphical = sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") \
+                or os.environ.get("WAYLAND_DISPLAY")
+            if graphical and webbrowser.open(index.as_uri()):
+                print("Opened in your browser.")
+            else:
+                print("No graphical browser available here; open the file above yourself.")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
