@@ -55,7 +55,8 @@ def discounted_returns(rewards, gamma: float, dones=None, last_value=None) -> to
     """Reward-to-go ``G_t = sum_{l>=0} gamma^l r_{t+l}`` within each episode (eq-discounted-return).
 
     ``dones[t] = 1`` ends the episode after step ``t`` (nothing later is added).
-    ``last_value`` (shape ``rewards[0]``) bootstraps the tail of an unfinished last episode.
+    ``last_value`` (shape ``rewards[0]``) is ``V(s_T)`` of the state after the last step; it
+    bootstraps an unfinished last episode as ``G_{T-1} = r_{T-1} + gamma * last_value``.
     Computed by the backward recursion ``G_t = r_t + gamma (1 - done_t) G_{t+1}``.
     """
     _check_gamma(gamma)

@@ -249,7 +249,8 @@ def train(cfg: ReinforceConfig, *, resume: bool = False, progress: bool = True) 
             last_value = None
             if ep["truncated"] and value_net is not None and cfg.bootstrap_truncated:
                 with torch.no_grad():
-                    last_value = cfg.gamma * value_net(torch.as_tensor(ep["final_obs"], device=device))
+                    # V(s_T) of the final observation; discounted_returns applies the gamma itself
+                    last_value = value_net(torch.as_tensor(ep["final_obs"], device=device))
             returns.append(discounted_returns(ep["rewards"], cfg.gamma, last_value=last_value))
         b_obs = torch.cat([ep["obs"] for ep in episodes])
         b_actions = torch.cat([ep["actions"] for ep in episodes])
