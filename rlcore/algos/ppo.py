@@ -1,0 +1,311 @@
+"""Proximal Policy Optimization (Schulman et al. 2017), one file for discrete and continuous actions.
+
+Reads top to bottom like CleanRL's ``ppo.py`` / ``ppo_continuous_action.py``:
+
+1. ``num_envs`` vector environments, fixed-length rollouts of ``num_steps`` steps
+   (:class:`rlcore.rollout.RolloutCollector`), GAE advantages (eq-gae);
+2. ``update_epochs`` passes over the batch in ``num_minibatches`` shuffled minibatches, each
+   minimising ``clipped surrogate (eq-ppo-clip) - ent_coef * entropy + vf_coef * value loss
+   (eq-value-loss)`` with Adam (eps 1e-5), global gradient-norm clipping and a linearly
+   annealed learning rate;
+3. optional early stop of the epochs when the approximate KL exceeds ``target_kl``.
+
+Implementation details follow Huang et al. (2022), "The 37 implementation details of PPO":
+orthogonal init, advantage normalisation per minibatch, value clipping, observation and
+reward normalisation for continuous control (``normalize_obs``/``normalize_reward``).
+
+Usage::
+
+    from rlcore.algos import ppo
+    result = ppo.train(ppo.PPOConfig(env_id="CartPole-v1", seed=1))
+    ppo.act(result.agent, obs)
+
+``ppo.default_config(env_id, **overrides)`` returns the tuned preset for an environment
+(``PRESETS``; e.g. Pendulum-v1 uses gamma 0.9 and normalisation).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlcore.envs import make_vector_env, require_discrete_or_box
+from rlcore.losses import approx_kl, clip_fraction, clipped_surrogate_loss, explained_variance, importance_ratio, value_loss
+from rlcore.networks import entropy, log_prob
+from rlcore.rollout import ActorCritic, RolloutCollector, act_with
+from rlcore.training import History, JSONLLogger, load_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
+from rlcore.utils import check_positive, check_probability, seed_everything
+
+from . import TrainResult
+
+__all__ = ["PPOConfig", "PRESETS", "default_config", "train", "act", "first_minibatch_ratio"]
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of PPO. Defaults are tuned for CartPole-v1 on a CPU; see ``PRESETS``."""
+
+    env_id: str = "CartPole-v1"
+    """Gymnasium environment id (Discrete or 1-D Box actions)."""
+    seed: int = 1
+    """Seed of torch, numpy, the environments and the minibatch shuffling."""
+    total_timesteps: int = 100_000
+    """Environment steps to train for (summed over the parallel environments)."""
+    learning_rate: float = 2.5e-3
+    """Adam step size (annealed linearly to 0 when ``anneal_lr``)."""
+    anneal_lr: bool = True
+    """Linearly decay the learning rate to 0 over ``total_timesteps``."""
+    num_envs: int = 8
+    """Parallel environments in the vector env."""
+    num_steps: int = 128
+    """Steps per environment in one rollout; batch size = ``num_envs * num_steps``."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda (eq-gae): 0 is the TD error, 1 the Monte Carlo advantage."""
+    num_minibatches: int = 4
+    """Minibatches per epoch."""
+    update_epochs: int = 10
+    """Passes over each rollout."""
+    norm_adv: bool = True
+    """Normalise advantages to zero mean, unit std within each minibatch."""
+    clip_coef: float = 0.2
+    """Ratio clipping epsilon of the surrogate (eq-ppo-clip)."""
+    clip_vloss: bool = True
+    """Clip the value update around the old values (with ``clip_coef``)."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clipping threshold."""
+    target_kl: float | None = None
+    """Stop the epochs of an update early when approx_kl exceeds this (None: never)."""
+    normalize_obs: bool = False
+    """Running mean/std observation normalisation (rlcore.normalize); useful for continuous control."""
+    normalize_reward: bool = False
+    """Scale rewards by the running std of the discounted return."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the actor and of the critic (separate networks, tanh)."""
+    log_std_init: float = 0.0
+    """Initial log standard deviation of the Gaussian policy (continuous actions only)."""
+    device: str = "cpu"
+    """Torch device."""
+    torch_threads: int | None = 1
+    """``torch.set_num_threads`` during training (1 is fastest for these tiny networks); None leaves it."""
+    checkpoint_path: str | None = None
+    """Where to save checkpoints (atomic); None disables them."""
+    checkpoint_every: int = 50_000
+    """Save a checkpoint every this many environment steps (and at the end)."""
+    log_path: str | None = None
+    """JSONL file receiving every logged metric; None disables it."""
+
+
+PRESETS: dict[str, dict] = {
+    "CartPole-v1": {},
+    "Acrobot-v1": dict(learning_rate=1e-3, ent_coef=0.0, normalize_obs=True, total_timesteps=200_000),
+    "Pendulum-v1": dict(total_timesteps=200_000, num_envs=4, num_steps=512, learning_rate=1e-3, gamma=0.9,
+                        gae_lambda=0.95, update_epochs=10, num_minibatches=32, ent_coef=0.0, clip_coef=0.2,
+                        normalize_obs=True, normalize_reward=True, max_grad_norm=0.5, log_std_init=-0.5),
+}
+"""Tuned overrides per environment id (anything else gets CleanRL-like continuous defaults)."""
+
+_CONTINUOUS_DEFAULTS = dict(learning_rate=3e-4, num_envs=1, num_steps=2048, update_epochs=10, num_minibatches=32,
+                            normalize_obs=True, normalize_reward=True, total_timesteps=1_000_000)
+
+
+def default_config(env_id: str = "CartPole-v1", **overrides) -> PPOConfig:
+    """``PPOConfig`` with the preset for ``env_id`` (``PRESETS``), then ``overrides`` applied."""
+    from rlcore.envs import is_discrete, make_env
+
+    if env_id in PRESETS:
+        base = dict(PRESETS[env_id])
+    else:
+        env = make_env(env_id)
+        base = {} if is_discrete(env.action_space) else dict(_CONTINUOUS_DEFAULTS)
+        env.close()
+    base.update(overrides)
+    return PPOConfig(env_id=env_id, **base)
+
+
+def _validate(cfg: PPOConfig) -> None:
+    if not isinstance(cfg, PPOConfig):
+        raise TypeError(f"ppo.train needs a PPOConfig, got {type(cfg).__name__}; build one with ppo.PPOConfig(...) "
+                        f"or ppo.default_config(env_id)")
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    check_positive("learning_rate", cfg.learning_rate)
+    check_probability("gamma", cfg.gamma)
+    check_probability("gae_lambda", cfg.gae_lambda)
+    check_positive("clip_coef", cfg.clip_coef)
+    check_positive("max_grad_norm", cfg.max_grad_norm)
+    check_positive("ent_coef", cfg.ent_coef, allow_zero=True)
+    check_positive("vf_coef", cfg.vf_coef, allow_zero=True)
+    if cfg.target_kl is not None:
+        check_positive("target_kl", cfg.target_kl)
+    if (cfg.num_envs * cfg.num_steps) % cfg.num_minibatches:
+        raise ValueError(f"num_envs * num_steps = {cfg.num_envs * cfg.num_steps} must be divisible by "
+                         f"num_minibatches = {cfg.num_minibatches}")
+    if cfg.total_timesteps < cfg.num_envs * cfg.num_steps:
+        raise ValueError(f"total_timesteps = {cfg.total_timesteps} is smaller than one rollout "
+                         f"(num_envs * num_steps = {cfg.num_envs * cfg.num_steps}); raise it or shrink the rollout")
+
+
+def first_minibatch_ratio(history: History) -> np.ndarray:
+    """``max |r - 1|`` on the first minibatch of the first epoch of every update.
+
+    Before the first gradient step of an update ``pi_theta = pi_old``, so this should be 0
+    (up to float rounding); a larger value means the stored ``logprobs`` are stale.
+    """
+    return history["first_minibatch_ratio_dev"]
+
+
+def train(cfg: PPOConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train PPO; returns :class:`rlcore.algos.TrainResult`.
+
+    ``resume=True`` continues from ``cfg.checkpoint_path`` when that file exists (same
+    environment stream, RNG states, optimizer and history), training until ``total_timesteps``.
+    """
+    _validate(cfg)
+    show = progress
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
+    t0 = time.perf_counter()
+    device = torch.device(cfg.device)
+    # CPU kernels used here are deterministic already (tested); asking torch for deterministic
+    # algorithms imports torch._inductor (seconds), so only do it where it matters (CUDA)
+    seed_everything(cfg.seed, deterministic=device.type != "cpu")
+
+    envs = make_vector_env(cfg.env_id, cfg.num_envs, seed=None)
+    require_discrete_or_box(envs.single_action_space, "PPO", cfg.env_id)
+    agent = ActorCritic(envs.single_observation_space, envs.single_action_space, cfg.hidden, cfg.log_std_init).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    collector = RolloutCollector(envs, agent, cfg.num_steps, cfg.gamma, cfg.gae_lambda,
+                                 cfg.normalize_obs, cfg.normalize_reward, device)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+
+    batch_size = cfg.num_envs * cfg.num_steps
+    minibatch_size = batch_size // cfg.num_minibatches
+    num_updates = cfg.total_timesteps // batch_size
+    history, global_step, update = History(), 0, 0
+    ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
+    if resume and ckpt is not None and ckpt.exists():
+        state = load_checkpoint(ckpt, map_location=device)
+        if state.get("algo") != "ppo" or state["config"]["env_id"] != cfg.env_id:
+            raise ValueError(f"checkpoint {str(ckpt)!r} is from {state.get('algo')} on {state['config']['env_id']}, "
+                             f"not ppo on {cfg.env_id}; point checkpoint_path elsewhere or resume=False")
+        agent.load_state_dict(state["agent"])
+        optimizer.load_state_dict(state["optimizer"])
+        collector.load_state_dict(state["collector"], seed=cfg.seed)
+        history.load_state_dict(state["history"])
+        set_rng_state(state["rng"])
+        shuffle_gen.set_state(state["shuffle_gen"])
+        global_step, update = state["global_step"], state["update"]
+    else:
+        collector.reset(cfg.seed)
+    logger = JSONLLogger(cfg.log_path, append=resume)
+
+    def save():
+        if ckpt is not None:
+            save_checkpoint(ckpt, {"algo": "ppo", "config": asdict(cfg), "agent": agent.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "collector": collector.state_dict(),
+                                   "history": history.state_dict(), "rng": rng_state(),
+                                   "shuffle_gen": shuffle_gen.get_state(), "global_step": global_step, "update": update})
+
+    bar = _progress(show, total=num_updates * batch_size, initial=global_step, desc=f"PPO {cfg.env_id}")
+    last_save = global_step
+    while update < num_updates:
+        update += 1
+        if cfg.anneal_lr:  # linear decay to 0 over the whole run
+            optimizer.param_groups[0]["lr"] = (1.0 - (update - 1.0) / num_updates) * cfg.learning_rate
+
+        # ---- 1. rollout (no gradients) and GAE
+        rollout, episodes = collector.collect(global_step)
+        global_step += batch_size
+        for step, ret, length in episodes:
+            history.log(step, episode_return=ret, episode_length=length)
+            logger.log(step, episode_return=ret, episode_length=length)
+        b = rollout.flat()
+
+        # ---- 2. update_epochs x num_minibatches gradient steps on the clipped objective
+        clipfracs, kls, first_ratio_dev = [], [], float("nan")
+        first_epoch_vloss, stop = float("nan"), False
+        for epoch in range(cfg.update_epochs):
+            epoch_pg, epoch_v, epoch_ent = [], [], []
+            perm = torch.randperm(batch_size, generator=shuffle_gen).to(device)
+            for start in range(0, batch_size, minibatch_size):
+                mb = perm[start:start + minibatch_size]
+                dist = agent.distribution(b["obs"][mb])
+                newlogp = log_prob(dist, b["actions"][mb])
+                ent = entropy(dist).mean()
+                newvalue = agent.value(b["obs"][mb])
+                if epoch == 0 and start == 0:  # pi_theta == pi_old here: the ratio must be 1
+                    first_ratio_dev = float((importance_ratio(newlogp.detach(), b["logprobs"][mb]) - 1).abs().max())
+
+                mb_adv = b["advantages"][mb]
+                if cfg.norm_adv and mb_adv.numel() > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss = clipped_surrogate_loss(newlogp, b["logprobs"][mb], mb_adv, cfg.clip_coef)
+                v_loss = value_loss(newvalue, b["returns"][mb], b["values"][mb],
+                                    cfg.clip_coef if cfg.clip_vloss else None)
+                loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+
+                epoch_pg.append(pg_loss.item()), epoch_v.append(v_loss.item()), epoch_ent.append(ent.item())
+                kls.append(float(approx_kl(newlogp, b["logprobs"][mb])))
+                clipfracs.append(float(clip_fraction(newlogp, b["logprobs"][mb], cfg.clip_coef)))
+            if epoch == 0:
+                first_epoch_vloss = float(np.mean(epoch_v))
+            if cfg.target_kl is not None and kls[-1] > cfg.target_kl:
+                stop = True
+                break
+
+        # losses: means over the last epoch run; value_loss_first_epoch shows the critic fitting within an update
+        metrics = dict(policy_loss=float(np.mean(epoch_pg)), value_loss=float(np.mean(epoch_v)),
+                       value_loss_first_epoch=first_epoch_vloss, entropy=float(np.mean(epoch_ent)),
+                       approx_kl=float(np.mean(kls)), clip_fraction=float(np.mean(clipfracs)),
+                       explained_variance=explained_variance(b["values"], b["returns"]),
+                       learning_rate=optimizer.param_groups[0]["lr"], first_minibatch_ratio_dev=first_ratio_dev,
+                       early_stop=float(stop), epochs_run=float(epoch + 1),
+                       wall_seconds=time.perf_counter() - t0)
+        history.log(global_step, **metrics)
+        logger.log(global_step, **metrics)
+        recent = history["episode_return"][-100:] if "episode_return" in history else []
+        bar.update(batch_size)
+        if len(recent):
+            bar.set_postfix(ret=f"{np.mean(recent):.1f}")
+        if ckpt is not None and global_step - last_save >= cfg.checkpoint_every:
+            save()
+            last_save = global_step
+
+    save()
+    bar.close()
+    logger.close()
+    envs.close()
+    return TrainResult(history=history, agent=agent, config=cfg, env_steps=global_step,
+                       wall_seconds=time.perf_counter() - t0)
+
+
+def _progress(show: bool, total: int, initial: int, desc: str):
+    bar = progress(total=total, desc=desc, disable=None if show else True)
+    bar.update(initial)
+    return bar
+
+
+def act(agent: ActorCritic, obs, deterministic: bool = True):
+    """Action of a PPO agent for raw observation(s) (applies the agent's observation normaliser)."""
+    if not isinstance(agent, ActorCritic):
+        raise TypeError(f"ppo.act expects the ActorCritic agent returned by ppo.train, got {type(agent).__name__}; "
+                        f"use the act function of the module that trained this agent")
+    return act_with(agent, obs, deterministic, agent.obs_normalizer)
+
