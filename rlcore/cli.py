@@ -80,9 +80,12 @@ def convert_value(text: str, tp, name: str = "value"):
     raise ValueError(f"{name}: cannot convert {text!r} to {tp}")
 
 
-def build_config(cls: type, overrides: dict[str, str], typed: dict | None = None):
+def build_config(cls: type, overrides: dict[str, str], typed: dict | None = None, factory=None):
     """Instantiate the config dataclass ``cls`` from string ``overrides`` (``--set key=value``)
-    converted with the field types, plus already-typed values ``typed`` (``--env``, ``--seed``...)."""
+    converted with the field types, plus already-typed values ``typed`` (``--env``, ``--seed``...).
+
+    ``factory`` (an algorithm's ``default_config(env_id, **overrides)``) starts from the
+    per-environment preset instead of the dataclass defaults."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = dict(typed or {})
@@ -90,7 +93,7 @@ def build_config(cls: type, overrides: dict[str, str], typed: dict | None = None
         if key not in names:
             raise ValueError(f"{cls.__name__} has no field {key!r}; valid fields: {', '.join(names)}")
         kwargs[key] = convert_value(text, hints[key], key)
-    return cls(**kwargs)
+    return (factory or cls)(**kwargs)
 
 
 def _fields_help(cls: type) -> str:
@@ -192,7 +195,8 @@ def _train(argv: list[str]) -> int:
         typed["checkpoint_path"] = str(out / "checkpoint.pt")
     if "log_path" in names and "log_path" not in overrides:
         typed["log_path"] = str(out / "history.jsonl")
-    cfg = build_config(cls, overrides, typed)
+    # algorithms with per-environment presets (PPO, TRPO, ...) start from them
+    cfg = build_config(cls, overrides, typed, factory=getattr(module, "default_config", None))
     out.mkdir(parents=True, exist_ok=True)
     print(f"training {args.algo} -> {out}", flush=True)
     result = module.train(cfg, resume=args.resume, progress=not args.no_progress)

@@ -27,11 +27,13 @@ def pick(full: Any, quick: Any) -> Any:
     return quick if quick_mode() else full
 
 
-def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
+def seed_everything(seed: int, deterministic: bool | None = None) -> torch.Generator:
     """Seed Python, NumPy and PyTorch; return a ``torch.Generator`` seeded the same way.
 
-    With ``deterministic=True`` PyTorch is asked to use deterministic kernels (CPU runs
-    with the same seed then give bit-identical results).
+    CPU kernels are deterministic already, so the same seed gives the same result on CPU.
+    ``deterministic=True`` also asks PyTorch for deterministic GPU kernels; the default
+    (``None``) does so only when CUDA is available, because the switch costs seconds of
+    import time on its first use.
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -39,6 +41,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if deterministic is None:
+        deterministic = torch.cuda.is_available()
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     gen = torch.Generator()
