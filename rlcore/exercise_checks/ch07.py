@@ -1,0 +1,228 @@
+"""Checkers for chapter 7's exercises (R1-Zero in miniature): a strict format reward that
+survives reward hacking, answer extraction with exact grading, and the reflection-word rate.
+
+Each checker follows :func:`rlcore.exercises.check`: hand-made cases first (the reward-hacking
+cases of ``tests/test_llm_rewards.py`` among them), then random ones, expected values from
+rlcore's reference, and known mistakes with a hint each::
+
+    from rlcore.exercise_checks import ch07 as checks
+    checks.check_format_reward(my_format_reward)
+"""
+from __future__ import annotations
+
+import random
+import re
+from typing import Callable
+
+from rlcore.exercises import Case, Mistake, check
+
+__all__ = ["GOOD_FORMAT_CASES", "HACKING_CASES", "check_format_reward", "check_answer_grading",
+           "check_reflection_rate"]
+
+GOOD_FORMAT_CASES = [
+    ("well formed", "<think>\n2 + 3: add the units.\nSo it is 5.\n</think>\n<answer>5</answer>"),
+    ("well formed, no whitespace", "<think>3+4=7</think><answer>7</answer>"),
+    ("whitespace around and between the blocks", "  <think>a\n\nb</think>   <answer>5</answer>\n"),
+]
+"""Completions a strict format reward must accept (``prefilled_think=False``)."""
+
+HACKING_CASES = [
+    ("only the answer tag", "the answer is <answer>"),
+    ("answer tag inside the thinking", "<think>I will write <answer>5</answer> later</think>"),
+    ("repeated answer blocks", "<think>t</think><answer>5</answer><answer>5</answer>"),
+    ("repeated think blocks", "<think>t</think><think>u</think><answer>5</answer>"),
+    ("empty thinking", "<think> \n </think><answer>5</answer>"),
+    ("empty answer", "<think>t</think><answer>  </answer>"),
+    ("tags out of order", "<answer>5</answer><think>t</think>"),
+    ("closing before opening", "</think>t<think><answer>5</answer>"),
+    ("answer outside the tags", "<think>t</think> 5 <answer>5</answer>"),
+    ("text before think", "Sure! <think>t</think><answer>5</answer>"),
+    ("nested tags", "<think>t<answer>4</answer></think><answer>5</answer>"),
+    ("nested answer", "<think>t</think><answer><answer>5</answer></answer>"),
+    ("text after the answer", "<think>t</think><answer>5</answer> Hope this helps!"),
+    ("missing think", "<answer>5</answer>"),
+    ("unclosed think", "<think>t<answer>5</answer>"),
+]
+"""Reward-hacking completions a strict format reward must score 0 (the hacking cases of
+``tests/test_llm_rewards.py::test_format_is_not_fooled`` written without a prefilled ``<think>``,
+plus two that fool "contains <answer>")."""
+
+
+def _strict(completion: str) -> float:
+    from rlcore.llm.rewards import is_well_formed
+
+    return float(is_well_formed(completion))
+
+
+def _random_completions(n: int, seed: int) -> list[str]:
+    """Random strings over the tags and a few characters: mostly malformed, some well formed."""
+    rng = random.Random(seed)
+    pieces = ["<think>", "</think>", "<answer>", "</answer>", "7", "x ", " ", "\n"]
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.3:  # a well-formed skeleton with random contents
+            out.append(f"<think>{rng.choice(['a', ' b ', '1+1', ''])}</think>{rng.choice(['', ' '])}"
+                       f"<answer>{rng.choice(['2', ' 3 ', ''])}</answer>{rng.choice(['', ' ', '!'])}")
+        else:
+            out.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))))
+    return out
+
+
+def check_format_reward(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-07-format: ``fn(completion) -> float`` is 1.0 for a strictly well-formed
+    completion and 0.0 otherwise (eq-r1-format-reward): exactly one non-empty ``<think>``
+    block, then exactly one non-empty ``<answer>`` block, and nothing but whitespace before,
+    between and after. The completion includes its opening ``<think>`` (no prefill).
+    Reference: :func:`rlcore.llm.rewards.is_well_formed`."""
+    cases = [Case({"completion": c}, 1.0, label) for label, c in GOOD_FORMAT_CASES]
+    cases += [Case({"completion": c}, 0.0, "reward hacking: " + label) for label, c in HACKING_CASES]
+    cases += [Case({"completion": c}, _strict(c), f"random completion {i + 1}")
+              for i, c in enumerate(_random_completions(30, seed=7))]
+
+    def contains_answer(completion):
+        return float("<answer>" in completion)
+
+    def both_tags(completion):
+        return float("<think>" in completion and "<answer>" in completion)
+
+    def regex_search(completion):  # no anchoring: text around the blocks passes
+        return float(bool(re.search(r"<think>.+?</think>\s*<answer>.+?</answer>", completion, re.DOTALL)))
+
+    def no_count(completion):  # anchored, but does not count the tags
+        return float(bool(re.fullmatch(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", completion, re.DOTALL)))
+
+    mistakes = [
+        Mistake(regex_search, "re.search finds the pattern anywhere, so text before or after the blocks (or a "
+                              "second block) passes: anchor it with re.fullmatch and count each tag."),
+        Mistake(no_count, "a non-greedy fullmatch can still swallow extra tags (nested or repeated blocks, empty "
+                          "contents): require each tag exactly once and non-empty contents (.strip())."),
+        Mistake(both_tags, "the tags being present is not enough: check their order, that each appears exactly "
+                           "once, and that nothing else is outside the blocks."),
+        Mistake(contains_answer, "checking that '<answer>' appears is exactly the weak reward the chapter "
+                                 "hacked: require the whole completion to be <think>...</think><answer>...</answer>."),
+    ]
+    return check(fn, cases, "format_reward", raise_on_fail=raise_on_fail, mistakes=mistakes,
+                 hint="count each of the four tags (exactly one each), then match the whole string with "
+                      r"re.fullmatch(r'\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*', ..., re.DOTALL) "
+                      "and require both groups to be non-empty after .strip().")
+
+
+# --------------------------------------------------------------------- answer extraction and grading
+def _grade(completion: str, reference: str) -> float:
+    from rlcore.llm.rewards import accuracy_reward
+
+    return accuracy_reward(None, [completion], answer=[reference])[0]
+
+
+def check_answer_grading(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-07-answer: ``fn(completion, reference) -> float`` extracts the content of the
+    **last** ``<answer>...</answer>`` block and returns 1.0 when it is one number equal to the
+    integer ``reference`` (``"0042"``, ``" 42 "``, ``"42.0"`` count; ``"42 apples"``, ``"4 2"``
+    and an answer outside the tags do not), else 0.0 (eq-r1-accuracy-reward).
+    Reference: :func:`rlcore.llm.rewards.accuracy_reward`."""
+    hand = [
+        ("<think>t</think><answer>42</answer>", "42", "a plain correct answer"),
+        ("<think>t</think><answer>41</answer>", "42", "a wrong answer"),
+        ("<think>t</think><answer> 0042 </answer>", "42", "leading zeros and spaces: still the number 42"),
+        ("<think>t</think><answer>42.0</answer>", "42", "42.0 is the number 42"),
+        ("<think>t</think><answer>-7</answer>", "-7", "a negative answer"),
+        ("<think>the answer is 42</think> 42", "42", "no answer block: 0, even though 42 is written"),
+        ("<answer>42</answer><answer>41</answer>", "42", "two answers: only the last is graded"),
+        ("<answer>41</answer><answer>42</answer>", "42", "two answers: only the last is graded"),
+        ("<think>t</think><answer>42 apples</answer>", "42", "the answer must be one number, nothing else"),
+        ("<think>t</think><answer>4 2</answer>", "42", "'4 2' is not a number"),
+        ("<think>t</think><answer>42", "42", "an unclosed answer block does not count"),
+        ("<think>t</think><answer></answer>", "0", "an empty answer is wrong"),
+        ("<think>t</think><answer>1,000</answer>", "1000", "'1,000' is not one number"),
+    ]
+    cases = [Case({"completion": c, "reference": r}, _grade(c, r), label) for c, r, label in hand]
+    rng = random.Random(3)
+    for i in range(12):
+        ref = str(rng.randint(-50, 200))
+        guess = rng.choice([ref, str(int(ref) + 1), "0" + ref.lstrip("-") if not ref.startswith("-") else ref,
+                            f"{ref}.0", f"{ref} ", "x"])
+        pre = rng.choice(["", "<answer>9</answer>", "<think>t</think>", "<think>so 9</think>"])
+        c = f"{pre}<answer>{guess}</answer>" if rng.random() < 0.85 else f"{pre} {guess}"
+        cases.append(Case({"completion": c, "reference": ref}, _grade(c, ref), f"random case {i + 1}"))
+
+    def first_block(completion, reference):
+        m = re.search(r"<answer>(.*?)</answer>", completion, re.DOTALL)
+        return float(m is not None and m.group(1).strip() == reference)
+
+    def string_equal(completion, reference):
+        m = re.findall(r"<answer>(.*?)</answer>", completion, re.DOTALL)
+        return float(bool(m) and m[-1].strip() == reference)
+
+    def substring(completion, reference):
+        m = re.findall(r"<answer>(.*?)</answer>", completion, re.DOTALL)
+        return float(bool(m) and reference in m[-1])
+
+    mistakes = [
+        Mistake(first_block, "you graded the first <answer> block; grade the last one, so writing several "
+                             "answers cannot hedge."),
+        Mistake(string_equal, "compare numbers, not strings: '0042' and '42.0' are the number 42 "
+                              "(parse with fractions.Fraction after checking that the text is one number)."),
+        Mistake(substring, "'42 apples' contains 42 but is not the answer 42: the whole block must be one number."),
+    ]
+    return check(fn, cases, "answer_grading", raise_on_fail=raise_on_fail, mistakes=mistakes,
+                 hint="find the last '</answer>' and the '<answer>' before it (str.rfind), strip the text "
+                      r"between them, check it with re.fullmatch(r'[+-]?(\d+(\.\d*)?|\.\d+)', ...) and compare "
+                      "Fraction(text) == Fraction(reference).")
+
+
+# --------------------------------------------------------------------- reflection rate
+def check_reflection_rate(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-07-reflection: ``fn(completions, words) -> float`` is the share of completions
+    that contain at least one of ``words`` as a whole word or phrase, ignoring case ("Wait,"
+    counts, "waiting" and "checkpoint" do not). ``words`` is
+    :data:`rlcore.llm.rewards.REFLECTION_WORDS`. Reference: :func:`rlcore.llm.rewards.reflection_rate`."""
+    from rlcore.llm.rewards import REFLECTION_WORDS, reflection_rate
+
+    words = tuple(REFLECTION_WORDS)
+
+    def case(completions, label):
+        return Case({"completions": list(completions), "words": words}, reflection_rate(completions), label)
+
+    cases = [
+        case(["<think>3 + 4 = 7</think><answer>7</answer>"], "no reflection at all"),
+        case(["Wait, 3 + 4 is 7.", "3 + 4 = 7"], "'Wait,' with a capital and a comma counts"),
+        case(["wait wait wait, check, verify", "7"], "a share of completions, not a count of words"),
+        case(["I am waiting for the result", "a checkpoint was saved"], "'waiting' and 'checkpoint' are not 'wait'/'check'"),
+        case(["Let me double-check: 7.", "Let me try again: 7."], "phrases count as a whole"),
+        case(["HMM. 7", "so 7", "ok 7", "Actually 8"], "case does not matter"),
+        case([], "no completions: 0.0"),
+    ]
+    rng = random.Random(11)
+    vocab = ["so", "7", "the", "sum", "is", "carry", "waiting", "checks", "Wait", "verify,", "mistake.", "ok", "recheck"]
+    for i in range(6):
+        comps = [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 8))]
+        cases.append(case(comps, f"random batch {i + 1}"))
+
+    def substring(completions, words):
+        if not completions:
+            return 0.0
+        return sum(any(w in c.lower() for w in words) for c in completions) / len(completions)
+
+    def counts(completions, words):
+        if not completions:
+            return 0.0
+        pat = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(w) for w in words) + r")(?![\w-])", re.IGNORECASE)
+        return sum(len(pat.findall(c)) for c in completions) / len(completions)
+
+    def case_sensitive(completions, words):
+        if not completions:
+            return 0.0
+        pat = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(w) for w in words) + r")(?![\w-])")
+        return sum(bool(pat.search(c)) for c in completions) / len(completions)
+
+    mistakes = [
+        Mistake(substring, "plain substring search counts 'waiting' as 'wait' and 'checkpoint' as 'check': "
+                           r"match whole words, e.g. with a regex and \b or lookarounds."),
+        Mistake(counts, "you counted reflection words per completion; the rate is the share of completions "
+                        "with at least one."),
+        Mistake(case_sensitive, "ignore case: 'Wait' and 'HMM' are reflection words too (re.IGNORECASE)."),
+    ]
+    return check(fn, cases, "reflection_rate", raise_on_fail=raise_on_fail, mistakes=mistakes,
+                 hint=r"build one regex (?<![\w-])(?:w1|w2|...)(?![\w-]) with re.escape and re.IGNORECASE "
+                      "(longest words first), and return the share of completions where it finds a match "
+                      "(0.0 for an empty list).")

@@ -1,0 +1,173 @@
+"""Checkers for chapter 8's exercises (cold start and language consistency): the share of
+words in the target language, the SFT labels that mask the prompt, and the masked SFT loss.
+
+Each checker follows :func:`rlcore.exercises.check`: hand-made cases first, then random ones,
+expected values from rlcore's reference, and known mistakes with a hint each::
+
+    from rlcore.exercise_checks import ch08 as checks
+    checks.check_language_share(my_language_share)
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import torch
+
+from rlcore.exercises import Case, Mistake, check
+
+__all__ = ["check_language_share", "check_sft_labels", "check_sft_loss"]
+
+
+# --------------------------------------------------------------------- language consistency
+def check_language_share(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-08-language: ``fn(text) -> float`` is the share of the words of ``text`` that
+    are English (eq-r1-language-reward), 0.0 when there are no words. A word is a maximal run of
+    letters of one script (Hangul, Latin, Cyrillic, ...); every Chinese (Han) or Japanese kana
+    character is a word of its own; digits, punctuation and spaces are not words. A word is
+    English when it is written in ASCII letters. (rlcore also excludes a few common German, French
+    and Spanish words; the cases avoid them.) Reference: :func:`rlcore.llm.rewards.language_consistency`."""
+    from rlcore.llm.rewards import NON_ENGLISH_LATIN_WORDS, language_consistency
+
+    def case(text, label):
+        return Case({"text": text}, language_consistency(text, "en"), label)
+
+    cases = [
+        case("First add the ones, then the tens.", "all English"),
+        case("먼저 일의 자리를 더한다", "all Korean: no English word"),
+        case("First 일의 자리 add, then carry", "English with Korean words"),
+        case("我们 add the ones", "each Chinese character is a word: 3 of 5"),
+        case("3 + 4 = 7", "digits and symbols are not words: 0.0"),
+        case("", "empty text: 0.0"),
+        case("carry1write", "digits split words: 'carry' and 'write'"),
+        case("café au lait", "'café' has a non-ASCII letter"),
+        case("so 일이 + 二 = 三, ok?", "mixed scripts with punctuation"),
+        case("Wait, 다시 확인해 보자. 7 + 5 = 12, yes", "a language switch inside the reflection"),
+    ]
+    rng = random.Random(5)
+    pool = ["add", "the", "ones", "carry", "write", "so", "일", "쓰기", "올림", "自", "然", "数", "число", " ", " ", ", ", "7", "+"]
+    for i in range(8):
+        text = " ".join(rng.choice(pool) for _ in range(rng.randint(1, 12)))
+        assert not any(w in NON_ENGLISH_LATIN_WORDS for w in text.split())
+        cases.append(case(text, f"random text {i + 1}"))
+
+    def split_on_spaces(text):
+        words = [w.strip(",.?!:;") for w in text.split()]
+        words = [w for w in words if any(ch.isalpha() for ch in w)]
+        return sum(w.isascii() for w in words) / len(words) if words else 0.0
+
+    def char_share(text):
+        letters = [ch for ch in text if ch.isalpha()]
+        return sum(ch.isascii() for ch in letters) / len(letters) if letters else 0.0
+
+    mistakes = [
+        Mistake(split_on_spaces, "splitting on spaces misses words without spaces between them (Chinese, or "
+                                 "'일의' glued to an English word): split where the script changes, and count "
+                                 "each Han character as one word."),
+        Mistake(char_share, "you counted characters, not words: a long English word and a one-character "
+                            "Korean word count one each."),
+    ]
+    return check(fn, cases, "language_share", raise_on_fail=raise_on_fail, mistakes=mistakes,
+                 hint="walk through the characters; a letter's script is the first word of "
+                      "unicodedata.name(ch) (LATIN, HANGUL, CJK, ...); start a new word whenever the script "
+                      "changes or a non-letter appears, and after every CJK character.")
+
+
+# --------------------------------------------------------------------- SFT labels and loss
+class _IdTokenizer:
+    """A minimal tokenizer for the checker: text of single characters -> their code points."""
+
+    eos_token_id = 2
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(ch) for ch in text]}
+
+
+def check_sft_labels(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-08-labels: ``fn(prompt_ids, completion_ids, eos_id) -> list[int]`` returns the
+    labels of the sequence ``prompt_ids + completion_ids + [eos_id]`` for SFT (eq-sft-loss): ``-100``
+    (ignored) at every prompt position, the token itself at every completion position and at the
+    appended EOS. Reference: :func:`rlcore.llm.sft.encode_pair`."""
+    from rlcore.llm.sft import encode_pair
+
+    tok = _IdTokenizer()
+
+    def case(prompt, completion, label):
+        _, labels = encode_pair(tok, prompt, completion)
+        return Case({"prompt_ids": [ord(c) for c in prompt], "completion_ids": [ord(c) for c in completion],
+                     "eos_id": tok.eos_token_id}, labels, label)
+
+    cases = [
+        case("Q3+4", "<7>", "a short pair"),
+        case("What is 2+2?", "x", "a one-token completion: its token and the EOS are learned"),
+        case("P", "abcdef", "a one-token prompt"),
+    ]
+    rng = random.Random(2)
+    for i in range(5):
+        p = "".join(chr(rng.randint(40, 120)) for _ in range(rng.randint(1, 12)))
+        c = "".join(chr(rng.randint(40, 120)) for _ in range(rng.randint(1, 12)))
+        cases.append(case(p, c, f"random pair {i + 1}"))
+
+    def no_mask(p, c, eos):
+        return list(p) + list(c) + [eos]
+
+    def no_eos(p, c, eos):
+        return [-100] * len(p) + list(c)
+
+    def shifted(p, c, eos):
+        return [-100] * (len(p) - 1) + list(c) + [eos] + [-100]
+
+    mistakes = [
+        Mistake(no_mask, "the prompt positions must be -100: the model should not be trained to write the question."),
+        Mistake(no_eos, "append the EOS id to the completion: without it the model never learns to stop."),
+        Mistake(shifted, "do not shift the labels here: labels line up with input_ids, and the loss shifts "
+                         "them by one (logits at t predict token t+1)."),
+    ]
+    return check(fn, cases, "sft_labels", raise_on_fail=raise_on_fail, mistakes=mistakes,
+                 hint="labels = [-100] * len(prompt_ids) + completion_ids + [eos_id], as a list of ints "
+                      "of the same length as the input ids.")
+
+
+def check_sft_loss(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-08-loss: ``fn(logits, labels) -> scalar tensor`` is the masked next-token
+    cross-entropy of eq-sft-loss: logits ``[B, T, V]`` at position ``t`` predict ``labels[:, t+1]``;
+    positions labelled ``-100`` are ignored; the mean is over all remaining tokens of the batch.
+    Reference: :func:`rlcore.llm.sft.sft_loss`."""
+    import torch.nn.functional as F
+
+    from rlcore.llm.sft import sft_loss
+
+    g = torch.Generator().manual_seed(8)
+
+    def case(B, T, V, prompt_lens, pad_lens, label):
+        logits = torch.randn(B, T, V, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, V, (B, T), generator=g)
+        for b in range(B):
+            labels[b, : prompt_lens[b]] = -100
+            if pad_lens[b]:
+                labels[b, T - pad_lens[b]:] = -100
+        return Case({"logits": logits, "labels": labels}, sft_loss(logits, labels), label)
+
+    cases = [
+        case(1, 5, 4, [2], [0], "one sequence, 2 prompt tokens"),
+        case(2, 6, 5, [1, 3], [0, 0], "two sequences with different prompt lengths"),
+        case(2, 7, 3, [2, 2], [0, 3], "padding at the end of the second sequence"),
+        case(3, 8, 6, [4, 1, 5], [1, 0, 2], "a batch of three"),
+    ]
+
+    def no_shift(logits, labels):
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+    def per_sequence(logits, labels):
+        lp = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+        mask = (labels[:, 1:] != -100).to(lp.dtype)
+        return ((lp * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+    mistakes = [
+        Mistake(no_shift, "shift by one: the logits at position t predict the token at t+1, so compare "
+                          "logits[:, :-1] with labels[:, 1:]."),
+        Mistake(per_sequence, "average over all completion tokens of the batch, not per sequence then over "
+                              "sequences (each token has the same weight)."),
+    ]
+    return check(fn, cases, "sft_loss", raise_on_fail=raise_on_fail, mistakes=mistakes, atol=1e-6,
+                 hint="F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=-100).")

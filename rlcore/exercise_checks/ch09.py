@@ -1,0 +1,210 @@
+"""Checkers for chapter 9's exercises (distillation and running the model): the rejection-sampling
+filter, the FLOPs of a GRPO step, and the length of the chain of thought.
+
+Each checker follows :func:`rlcore.exercises.check`: hand-made cases first, then random ones,
+expected values from rlcore's reference, and known mistakes with a hint each::
+
+    from rlcore.exercise_checks import ch09 as checks
+    checks.check_rejection_filter(my_rejection_filter)
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from rlcore.exercises import Case, Mistake, check
+
+__all__ = ["reference_rejection_filter", "check_rejection_filter", "check_grpo_step_flops", "check_think_length"]
+
+
+# --------------------------------------------------------------------- rejection sampling
+def reference_rejection_filter(completions, accuracy, format_ok, num_samples, max_per_prompt):
+    """Indices of the completions that :func:`rlcore.llm.distill.rejection_sample` keeps, computed
+    by running it with the given completions and rewards (a stub generator, no model)."""
+    from rlcore.llm.distill import rejection_sample
+
+    n_prompts = len(completions) // num_samples
+    prompts = [f"question {i}" for i in range(n_prompts)]
+
+    def gen(batch_prompts, k):
+        return list(completions)
+
+    def acc_fn(prompts_, comps, **kw):
+        return list(accuracy)
+
+    def fmt_fn(prompts_, comps, **kw):
+        return list(format_ok)
+
+    pairs = rejection_sample(None, None, prompts, [acc_fn, fmt_fn], num_samples=num_samples, template=None,
+                             batch_size=max(n_prompts, 1), max_per_prompt=max_per_prompt, generate_fn=gen)
+    kept, start = [], {}
+    for prompt, completion in pairs:
+        i = int(prompt.split()[1])
+        j = next(j for j in range(i * num_samples + start.get(i, 0), (i + 1) * num_samples)
+                 if completions[j] == completion and accuracy[j] >= 1 and format_ok[j] >= 1)
+        start[i] = j - i * num_samples + 1
+        kept.append(j)
+    return kept
+
+
+def check_rejection_filter(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-09-rejection: ``fn(completions, accuracy, format_ok, num_samples, max_per_prompt)``
+    returns the indices (ascending) of the completions kept for distillation. Completions come in
+    groups of ``num_samples`` per prompt (rows ``[i*k, (i+1)*k)`` belong to prompt ``i``); a completion
+    is kept when its accuracy **and** format rewards are both 1, it is not a duplicate of a completion
+    already kept for the same prompt, and its prompt has fewer than ``max_per_prompt`` kept so far
+    (``None``: no cap). Reference: :func:`rlcore.llm.distill.rejection_sample`."""
+    def case(comps, acc, fmt, k, cap, label):
+        args = {"completions": comps, "accuracy": acc, "format_ok": fmt, "num_samples": k, "max_per_prompt": cap}
+        return Case(args, reference_rejection_filter(comps, acc, fmt, k, cap), label)
+
+    cases = [
+        case(["a", "b", "c", "d"], [1, 1, 0, 1], [1, 1, 1, 1], 2, None, "two prompts, keep every verified completion"),
+        case(["a", "b", "c", "d"], [1, 1, 0, 1], [1, 1, 1, 1], 2, 1, "at most one per prompt: the first verified one"),
+        case(["a", "b", "c", "d"], [1, 1, 1, 1], [0, 1, 0, 0], 2, None, "correct but badly formatted: rejected"),
+        case(["x", "x", "y", "x"], [1, 1, 1, 1], [1, 1, 1, 1], 4, None, "duplicates of one prompt are kept once"),
+        case(["x", "y", "x", "y"], [1, 1, 1, 1], [1, 1, 1, 1], 2, None, "the same text for two prompts: kept for each"),
+        case(["a", "b", "c"], [0, 0, 0], [1, 1, 1], 3, 1, "nothing verified: nothing kept"),
+    ]
+    rng = random.Random(4)
+    for i in range(8):
+        k, n = rng.randint(1, 4), rng.randint(1, 5)
+        comps = [rng.choice("pqrs") for _ in range(k * n)]
+        acc = [float(rng.random() < 0.6) for _ in comps]
+        fmt = [float(rng.random() < 0.7) for _ in comps]
+        cases.append(case(comps, acc, fmt, k, rng.choice([None, 1, 2]), f"random batch {i + 1}"))
+
+    def accuracy_only(comps, acc, fmt, k, cap):
+        return [j for j in range(len(comps)) if acc[j] >= 1]
+
+    def no_dedup(comps, acc, fmt, k, cap):
+        out = []
+        for i in range(len(comps) // k):
+            kept = [j for j in range(i * k, (i + 1) * k) if acc[j] >= 1 and fmt[j] >= 1]
+            out += kept if cap is None else kept[:cap]
+        return out
+
+    def global_dedup(comps, acc, fmt, k, cap):
+        out, seen = [], set()
+        for i in range(len(comps) // k):
+            n = 0
+            for j in range(i * k, (i + 1) * k):
+                if acc[j] >= 1 and fmt[j] >= 1 and comps[j] not in seen and (cap is None or n < cap):
+                    out.append(j)
+                    seen.add(comps[j])
+                    n += 1
+        return out
+
+    mistakes = [
+        Mistake(accuracy_only, "a completion must pass *both* rules: a correct answer in the wrong format would "
+                               "teach the student the wrong format."),
+        Mistake(no_dedup, "drop duplicates within a prompt's group: the same text twice only weights that sample "
+                          "twice as much."),
+        Mistake(global_dedup, "de-duplicate within each prompt's group, not across prompts: the same text can be the "
+                              "right answer to two different questions."),
+    ]
+    return check(fn, cases, "rejection_filter", raise_on_fail=raise_on_fail, mistakes=mistakes,
+                 hint="loop over the prompts i and, inside, over j in range(i*k, (i+1)*k); keep j when both rewards "
+                      "are >= 1, the text is not among this prompt's kept texts, and the cap is not reached.")
+
+
+# --------------------------------------------------------------------- compute accounting
+def check_grpo_step_flops(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-09-flops: ``fn(n_params, prompts_per_step, num_generations, prompt_len, completion_len,
+    num_iterations, beta)`` returns the FLOPs of one GRPO step with the rules of
+    :mod:`rlcore.llm.distill`: a forward token costs ``2 N``, a trained token ``6 N``; generation
+    prefills each prompt once and then generates ``completion_len`` tokens per sample; old log-probs
+    (only when ``num_iterations > 1``) and reference log-probs (only when ``beta > 0``) are one forward
+    pass over all ``P + L`` tokens of every sample; each of the ``num_iterations`` updates is a forward
+    and backward pass over them. Reference: :func:`rlcore.llm.distill.grpo_step_flops`."""
+    from rlcore.llm.distill import grpo_step_flops
+
+    def case(N, p, G, P, L, mu, beta, label):
+        args = {"n_params": N, "prompts_per_step": p, "num_generations": G, "prompt_len": P,
+                "completion_len": L, "num_iterations": mu, "beta": beta}
+        return Case(args, grpo_step_flops(*args.values()), label)
+
+    cases = [
+        case(1000, 1, 2, 10, 5, 1, 0.0, "one prompt, two samples, on-policy, no KL"),
+        case(1000, 4, 8, 50, 100, 1, 0.0, "a typical step without old or reference passes"),
+        case(1000, 4, 8, 50, 100, 2, 0.0, "two updates per batch: old log-probs are needed"),
+        case(1000, 4, 8, 50, 100, 1, 0.04, "beta > 0: reference log-probs are needed"),
+        case(135_000_000, 16, 8, 120.5, 256, 4, 0.04, "SmolLM2-sized, everything on"),
+    ]
+    rng = random.Random(9)
+    for i in range(5):
+        cases.append(case(rng.randint(10**3, 10**8), rng.randint(1, 32), rng.randint(2, 16), rng.uniform(5, 300),
+                          rng.uniform(1, 500), rng.randint(1, 4), rng.choice([0.0, 0.01]), f"random step {i + 1}"))
+
+    def prefill_per_sample(N, p, G, P, L, mu, beta):
+        n = p * G
+        fwd = n * (P + L) + n * (P + L) * ((mu > 1) + (beta > 0))
+        return 2.0 * N * fwd + 6.0 * N * n * (P + L) * mu
+
+    def always_old(N, p, G, P, L, mu, beta):
+        n = p * G
+        fwd = p * P + n * L + n * (P + L) * (1 + (beta > 0))
+        return 2.0 * N * fwd + 6.0 * N * n * (P + L) * mu
+
+    def train_2n(N, p, G, P, L, mu, beta):
+        n = p * G
+        fwd = p * P + n * L + n * (P + L) * ((mu > 1) + (beta > 0))
+        return 2.0 * N * fwd + 2.0 * N * n * (P + L) * mu
+
+    mistakes = [
+        Mistake(prefill_per_sample, "with a KV cache the prompt is prefilled once per prompt, not once per sample: "
+                                    "generation costs prompts_per_step * P + N_samples * L forward tokens."),
+        Mistake(always_old, "with num_iterations == 1 the old log-probs equal the current ones (detached): no extra "
+                            "forward pass is needed."),
+        Mistake(train_2n, "a trained token costs a forward *and* a backward pass: 6 N, not 2 N."),
+    ]
+    return check(fn, cases, "grpo_step_flops", raise_on_fail=raise_on_fail, mistakes=mistakes, rtol=1e-9,
+                 hint="n = prompts_per_step * num_generations; forward tokens = prompts_per_step * P + n * L "
+                      "+ n * (P + L) * ((mu > 1) + (beta > 0)); FLOPs = 2 N * forward + 6 N * n * (P + L) * mu.")
+
+
+# --------------------------------------------------------------------- reading the thinking
+def check_think_length(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-09-think: ``fn(completion, prefilled_think) -> int`` is the number of
+    whitespace-separated words in the chain of thought: the first ``<think>...</think>`` block
+    (with ``prefilled_think`` the completion starts inside it); an unclosed block counts up to the
+    end of the text; no think block at all: 0. Reference: :func:`rlcore.llm.rewards.think_length`."""
+    from rlcore.llm.rewards import think_length
+
+    def case(c, pre, label):
+        return Case({"completion": c, "prefilled_think": pre}, think_length(c, pre), label)
+
+    cases = [
+        case("<think>add the ones then the tens</think><answer>5</answer>", False, "a closed think block"),
+        case("add the ones</think><answer>5</answer>", True, "prefilled: the completion starts inside the block"),
+        case("<answer>5</answer>", False, "no think block: 0"),
+        case("<think>ones 3+4=7 write 7 and then", False, "unclosed (cut by max_new_tokens): count to the end"),
+        case("<think>\n  a\n\tb  </think> c d", False, "any whitespace separates words; text after the block is not thinking"),
+        case("<think>a b</think><think>c d e</think>", False, "two blocks: the first one"),
+        case("", True, "an empty prefilled completion: 0"),
+    ]
+    rng = random.Random(6)
+    for i in range(6):
+        words = " ".join(rng.choice(["so", "7", "carry", "wait,", "ok"]) for _ in range(rng.randint(0, 9)))
+        pre = rng.random() < 0.5
+        c = (words if pre else "<think>" + words) + rng.choice(["</think><answer>1</answer>", "", "</think> x y"])
+        cases.append(case(c, pre, f"random completion {i + 1}"))
+
+    def ignore_prefill(c, pre):
+        return think_length(c, False)
+
+    def zero_unclosed(c, pre):
+        text = ("<think>" + c) if pre else c
+        if "<think>" not in text or "</think>" not in text:
+            return 0
+        return think_length(c, pre)
+
+    mistakes = [
+        Mistake(ignore_prefill, "with prefilled_think=True the '<think>' is in the prompt, not the completion: "
+                                "prepend it before parsing."),
+        Mistake(zero_unclosed, "a block cut off by max_new_tokens still holds thinking: count up to the end."),
+    ]
+    return check(fn, cases, "think_length", raise_on_fail=raise_on_fail, mistakes=mistakes,
+                 hint="text = '<think>' + completion if prefilled_think else completion; if there is no '<think>', "
+                      "return 0; take what follows the first '<think>' up to the next '</think>' (or the end) "
+                      "and return len(that.split()).")

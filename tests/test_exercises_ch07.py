@@ -1,0 +1,88 @@
+"""Chapter 7's exercise checkers (rlcore/exercise_checks/ch07.py): they accept rlcore's reference and an
+independent solution, reject the known mistakes, and cover the reward-hacking cases of test_llm_rewards.py."""
+import re
+from fractions import Fraction
+
+import pytest
+
+from rlcore.exercise_checks import ch07 as checks
+from rlcore.llm.rewards import REFLECTION_WORDS, accuracy_reward, is_well_formed, reflection_rate
+
+
+# ---------------------------------------------------------------- solutions as in the notebook
+def sol_format(completion):
+    if any(completion.count(tag) != 1 for tag in ("<think>", "</think>", "<answer>", "</answer>")):
+        return 0.0
+    m = re.fullmatch(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", completion, re.DOTALL)
+    return float(bool(m and m.group(1).strip() and m.group(2).strip()))
+
+
+def sol_grade(completion, reference):
+    end = completion.rfind("</answer>")
+    start = completion.rfind("<answer>", 0, end) if end != -1 else -1
+    if start == -1:
+        return 0.0
+    text = completion[start + len("<answer>"):end].strip()
+    if not re.fullmatch(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", text):
+        return 0.0
+    return float(Fraction(text) == Fraction(reference))
+
+
+def sol_reflection(completions, words):
+    if not completions:
+        return 0.0
+    pat = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+                     + r")(?![\w-])", re.IGNORECASE)
+    return sum(bool(pat.search(c)) for c in completions) / len(completions)
+
+
+def test_checkers_accept_the_references_and_the_solutions():
+    assert checks.check_format_reward(lambda c: float(is_well_formed(c)), raise_on_fail=True)
+    assert checks.check_format_reward(sol_format, raise_on_fail=True)
+    assert checks.check_answer_grading(lambda c, r: accuracy_reward(None, [c], answer=[r])[0], raise_on_fail=True)
+    assert checks.check_answer_grading(sol_grade, raise_on_fail=True)
+    assert checks.check_reflection_rate(lambda cs, w: reflection_rate(cs), raise_on_fail=True)
+    assert checks.check_reflection_rate(sol_reflection, raise_on_fail=True)
+
+
+def test_format_checker_rejects_weak_rewards_with_a_hint(capsys):
+    assert not checks.check_format_reward(lambda c: float("<answer>" in c))
+    out = capsys.readouterr().out
+    assert "✗" in out and "weak reward" in out
+    assert not checks.check_format_reward(
+        lambda c: float(bool(re.search(r"<think>.+?</think>\s*<answer>.+?</answer>", c, re.DOTALL))))
+    assert "re.fullmatch" in capsys.readouterr().out
+    assert not checks.check_format_reward(lambda c: None)
+    assert "returned None" in capsys.readouterr().out
+
+
+def test_format_checker_covers_the_hacking_cases_of_the_reward_tests():
+    import test_llm_rewards as t
+
+    mark = next(m for m in t.test_format_is_not_fooled.pytestmark if m.name == "parametrize")
+    ours = {c for _, c in checks.HACKING_CASES}
+    for name, completion in mark.args[1]:
+        if name != "prefill repeated by the model":  # needs prefilled_think=True; the exercise has no prefill
+            assert completion in ours, name
+    assert all(not is_well_formed(c) for _, c in checks.HACKING_CASES)
+    assert all(is_well_formed(c) for _, c in checks.GOOD_FORMAT_CASES)
+
+
+@pytest.mark.parametrize("wrong,hint", [
+    (lambda c, r: float(bool(re.search(r"<answer>(.*?)</answer>", c)) and
+                        re.search(r"<answer>(.*?)</answer>", c).group(1).strip() == r), "last one"),
+    (lambda c, r: float(bool(re.findall(r"<answer>(.*?)</answer>", c)) and
+                        r in re.findall(r"<answer>(.*?)</answer>", c)[-1]), "one number"),
+])
+def test_answer_checker_names_the_mistake(capsys, wrong, hint):
+    assert not checks.check_answer_grading(wrong)
+    assert hint in capsys.readouterr().out
+
+
+def test_reflection_checker_rejects_substring_and_counting(capsys):
+    assert not checks.check_reflection_rate(lambda cs, w: sum(any(x in c.lower() for x in w) for c in cs) / max(len(cs), 1))
+    assert "whole words" in capsys.readouterr().out
+    assert not checks.check_reflection_rate(lambda cs, w: float(len(cs)))
+    with pytest.raises(AssertionError):
+        checks.check_reflection_rate(lambda cs, w: 0.0, raise_on_fail=True)
+    assert REFLECTION_WORDS  # the exercise passes this tuple as `words`

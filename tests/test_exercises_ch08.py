@@ -1,0 +1,70 @@
+"""Chapter 8's exercise checkers (rlcore/exercise_checks/ch08.py): they accept rlcore's reference and an
+independent solution and reject the known mistakes with their hint."""
+import unicodedata
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlcore.exercise_checks import ch08 as checks
+from rlcore.llm.rewards import language_consistency
+from rlcore.llm.sft import IGNORE_INDEX, sft_loss
+
+
+def sol_language_share(text):
+    words, cur, script = [], "", None
+    for ch in text + " ":
+        s = unicodedata.name(ch, "").split(" ")[0] if ch.isalpha() else None
+        if cur and (s != script or script == "CJK" or s is None):
+            words.append((cur, script))
+            cur = ""
+        if s is not None:
+            cur, script = cur + ch, s
+    if not words:
+        return 0.0
+    return sum(w.isascii() for w, s in words) / len(words)
+
+
+def sol_labels(prompt_ids, completion_ids, eos_id):
+    return [-100] * len(prompt_ids) + list(completion_ids) + [eos_id]
+
+
+def sol_loss(logits, labels):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def test_checkers_accept_references_and_solutions():
+    assert checks.check_language_share(lambda t: language_consistency(t, "en"), raise_on_fail=True)
+    assert checks.check_language_share(sol_language_share, raise_on_fail=True)
+    assert checks.check_sft_labels(sol_labels, raise_on_fail=True)
+    assert checks.check_sft_loss(sft_loss, raise_on_fail=True)
+    assert checks.check_sft_loss(sol_loss, raise_on_fail=True)
+
+
+def test_language_checker_rejects_space_splitting(capsys):
+    def by_spaces(text):
+        words = [w for w in text.split() if any(c.isalpha() for c in w)]
+        return sum(w.strip(",.?").isascii() for w in words) / len(words) if words else 0.0
+
+    assert not checks.check_language_share(by_spaces)
+    assert "script changes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,hint", [
+    (lambda p, c, e: list(p) + list(c) + [e], "-100"),
+    (lambda p, c, e: [-100] * len(p) + list(c), "EOS"),
+])
+def test_labels_checker_names_the_mistake(capsys, wrong, hint):
+    assert not checks.check_sft_labels(wrong)
+    assert hint in capsys.readouterr().out
+
+
+def test_loss_checker_rejects_the_unshifted_loss(capsys):
+    def no_shift(logits, labels):
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+    assert not checks.check_sft_loss(no_shift)
+    assert "shift by one" in capsys.readouterr().out
+    with pytest.raises(AssertionError):
+        checks.check_sft_loss(lambda lg, lb: torch.tensor(0.0), raise_on_fail=True)
