@@ -124,10 +124,10 @@ def state_distribution(mdp: TabularMDP, pi) -> torch.Tensor:
 
 
 def policy_gradient_theorem(mdp: TabularMDP, logits) -> torch.Tensor:
-    """Right-hand side of the policy gradient theorem for a tabular softmax policy (eq-pg-theorem):
+    """Right-hand side of the policy gradient theorem for a tabular softmax policy (eq-pg-theorem)::
 
-    ``grad J = sum_s eta(s) sum_a Q^pi(s,a) grad pi(a|s)
-             = (sum_s eta(s)) * sum_s d^pi(s) sum_a Q^pi(s,a) grad pi(a|s)``.
+        grad J = sum_s eta(s) sum_a Q^pi(s,a) grad pi(a|s)
+               = (sum_s eta(s)) * sum_s d^pi(s) sum_a Q^pi(s,a) grad pi(a|s)
 
     Returned as a tensor shaped like ``logits`` (the gradient w.r.t. each logit). For the
     softmax, ``d pi(a|s) / d theta_{s,b} = pi(a|s) (1[a=b] - pi(b|s))``, so the entry for

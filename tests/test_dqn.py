@@ -20,7 +20,7 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
-FAST = dict(eval_every=0, learning_starts=200, train_frequency=4, buffer_size=1000, batch_size=32,
+FAST = dict(eval_every=0, learning_starts=200, train_frequency=4, gradient_steps=1, buffer_size=1000, batch_size=32,
             target_network_frequency=100, hidden=(32, 32))
 
 
@@ -47,6 +47,29 @@ def test_td_target_by_hand():
     next_q = torch.tensor([[1.0, 3.0], [2.0, -1.0], [0.5, 0.25]])
     y = td_target(torch.tensor([1.0, 0.0, -1.0]), next_q, torch.tensor([0.0, 1.0, 0.0]), 0.5)
     torch.testing.assert_close(y, torch.tensor([1.0 + 0.5 * 3.0, 0.0, -1.0 + 0.5 * 0.5]))
+
+
+def test_double_q_target_by_hand():
+    """Double DQN: the online network picks argmax_a' Q_theta(s', a'), the target network scores it."""
+    next_online = torch.tensor([[1.0, 3.0], [2.0, -1.0], [0.0, 5.0]])
+    next_target = torch.tensor([[10.0, 20.0], [30.0, 40.0], [7.0, -7.0]])
+    y = dqn.double_q_target(torch.tensor([1.0, 0.0, -1.0]), next_online, next_target,
+                            torch.tensor([0.0, 0.0, 1.0]), 0.5)
+    # rows: online picks action 1 -> Q_target 20; action 0 -> 30 (not max 40); terminated -> r only
+    torch.testing.assert_close(y, torch.tensor([1.0 + 0.5 * 20.0, 0.0 + 0.5 * 30.0, -1.0]))
+    # with identical networks it is the ordinary DQN target
+    torch.testing.assert_close(dqn.double_q_target(torch.ones(3), next_target, next_target, torch.zeros(3), 0.9),
+                               td_target(torch.ones(3), next_target, torch.zeros(3), 0.9))
+    with pytest.raises(ValueError, match="same"):
+        dqn.double_q_target(torch.ones(3), next_online, next_target[:, :1], torch.zeros(3), 0.9)
+
+
+def test_double_q_and_gradient_steps_run():
+    r = dqn.train(dqn.DQNConfig(total_timesteps=600, double_q=True, **{**FAST, "gradient_steps": 3}), progress=False)
+    # updates happen at vector steps 204, 208, ..., 596 (learning_starts=200, every 4th): 100 bursts of 3
+    assert np.isfinite(r.history["td_loss"]).all() and len(r.history["td_loss"]) == 3  # logged every 100 updates
+    with pytest.raises(ValueError, match="use_target_network"):
+        dqn.DQNConfig(double_q=True, use_target_network=False)
 
 
 def test_replay_buffer_ring_and_sampling():
@@ -113,6 +136,8 @@ def test_bad_config_raises_clear_errors():
         dqn.DQNConfig(loss="l1")
     with pytest.raises(ValueError, match="total_timesteps"):
         dqn.DQNConfig(total_timesteps=0)
+    with pytest.raises(ValueError, match="gradient_steps"):
+        dqn.DQNConfig(gradient_steps=0)
     with pytest.raises(TypeError, match="DQNConfig"):
         dqn.train({"env_id": "CartPole-v1"})
 
@@ -162,9 +187,10 @@ def test_resume_after_crash_is_identical(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_dqn_learns_cartpole():
-    """Default hyperparameters, fixed seed, a 20k-step budget: the greedy policy must balance the
-    pole for at least 200 steps on average at some evaluation (random: ~22; the best evaluation
-    measured with seeds 1-3 was 358, 240, 344)."""
-    cfg = dqn.DQNConfig(seed=1, total_timesteps=20_000, eval_every=2_500, eval_episodes=5)
+    """Default hyperparameters and their 50k-step exploration schedule (epsilon reaches end_e after
+    8k steps), cut at 30k steps to stay fast: the greedy policy of seed 3 must balance the pole for
+    at least 400 steps on average at some evaluation (random: ~22; solved: 475)."""
+    cfg = dqn.DQNConfig(seed=3, total_timesteps=30_000, exploration_fraction=0.16 * 50 / 30,
+                        eval_every=2_500, eval_episodes=5)
     r = dqn.train(cfg, progress=False)
-    assert r.history["eval_return"].max() >= 200, r.history["eval_return"]
+    assert r.history["eval_return"].max() >= 400, r.history["eval_return"]
