@@ -217,3 +217,18 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+
+
+def load_resume_checkpoint(path: str | os.PathLike, algo: str, env_id: str,
+                           map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint to resume ``algo`` on ``env_id``; refuse one written by another run.
+
+    Checkpoints store ``"algo"`` and ``"config"`` (with ``env_id``); resuming PPO from a
+    TRPO checkpoint, or CartPole from Pendulum, would silently mix incompatible state.
+    """
+    state = load_checkpoint(path, map_location=map_location)
+    found_algo, found_env = state.get("algo"), state.get("config", {}).get("env_id")
+    if found_algo != algo or found_env != env_id:
+        raise ValueError(f"checkpoint {str(path)!r} is from {found_algo} on {found_env}, not {algo} on {env_id}; "
+                         f"point checkpoint_path elsewhere or resume=False")
+    return state

@@ -78,3 +78,13 @@ def test_rng_state_restores_streams():
     a = (np.random.rand(), torch.rand(1).item())
     training.set_rng_state(s)
     assert (np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_resume_checkpoint_refuses_another_runs_state(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    training.save_checkpoint(path, {"algo": "trpo", "config": {"env_id": "Pendulum-v1"}, "step": 3})
+    assert training.load_resume_checkpoint(path, "trpo", "Pendulum-v1")["step"] == 3
+    with pytest.raises(ValueError, match="is from trpo on Pendulum-v1, not ppo on Pendulum-v1"):
+        training.load_resume_checkpoint(path, "ppo", "Pendulum-v1")
+    with pytest.raises(ValueError, match="not trpo on CartPole-v1"):
+        training.load_resume_checkpoint(path, "trpo", "CartPole-v1")

@@ -35,7 +35,7 @@ from rlcore.losses import approx_kl, clip_fraction, clipped_surrogate_loss
 from rlcore.networks import CategoricalPolicy, GaussianPolicy, entropy, log_prob, make_policy
 from rlcore.returns import group_normalized_advantages, zero_variance_groups
 from rlcore.rollout import act_with
-from rlcore.training import History, JSONLLogger, load_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import History, JSONLLogger, load_resume_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
 from rlcore.utils import check_positive, seed_everything
 
 from . import TrainResult
@@ -179,10 +179,7 @@ def train(cfg: GRPOControlConfig, *, resume: bool = False, progress: bool = True
     history, global_step = History(), 0
     ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
     if resume and ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt, map_location=device)
-        if state.get("algo") != "grpo_control" or state["config"]["env_id"] != cfg.env_id:
-            raise ValueError(f"checkpoint {str(ckpt)!r} is from {state.get('algo')} on {state['config']['env_id']}, "
-                             f"not grpo_control on {cfg.env_id}; point checkpoint_path elsewhere or resume=False")
+        state = load_resume_checkpoint(ckpt, "grpo_control", cfg.env_id, map_location=device)
         policy.load_state_dict(state["policy"])
         if reference is not None:
             reference.load_state_dict(state["reference"])

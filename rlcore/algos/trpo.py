@@ -30,7 +30,7 @@ from rlcore.envs import make_vector_env, require_discrete_or_box
 from rlcore.losses import explained_variance, surrogate_loss, value_loss
 from rlcore.networks import entropy, log_prob
 from rlcore.rollout import ActorCritic, RolloutCollector, act_with
-from rlcore.training import History, JSONLLogger, load_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import History, JSONLLogger, load_resume_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
 from rlcore.utils import check_positive, check_probability, seed_everything
 
 from . import TrainResult
@@ -296,10 +296,7 @@ def train(cfg: TRPOConfig, *, resume: bool = False, progress: bool = True) -> Tr
     history, global_step, update = History(), 0, 0
     ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
     if resume and ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt, map_location=device)
-        if state.get("algo") != "trpo" or state["config"]["env_id"] != cfg.env_id:
-            raise ValueError(f"checkpoint {str(ckpt)!r} is from {state.get('algo')} on {state['config']['env_id']}, "
-                             f"not trpo on {cfg.env_id}; point checkpoint_path elsewhere or resume=False")
+        state = load_resume_checkpoint(ckpt, "trpo", cfg.env_id, map_location=device)
         agent.load_state_dict(state["agent"])
         vf_optimizer.load_state_dict(state["vf_optimizer"])
         collector.load_state_dict(state["collector"], seed=cfg.seed)
