@@ -35,7 +35,8 @@ from rlcore.losses import approx_kl, clip_fraction, clipped_surrogate_loss
 from rlcore.networks import CategoricalPolicy, GaussianPolicy, entropy, log_prob, make_policy
 from rlcore.returns import group_normalized_advantages, zero_variance_groups
 from rlcore.rollout import act_with
-from rlcore.training import History, JSONLLogger, load_resume_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import History, JSONLLogger, load_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import progress as progress_bar
 from rlcore.utils import check_positive, seed_everything
 
 from . import TrainResult
@@ -201,7 +202,8 @@ def train(cfg: GRPOControlConfig, *, resume: bool = False, progress: bool = True
                                    "shuffle_gen": shuffle_gen.get_state(), "envs": pickle.dumps(envs),
                                    "global_step": global_step})
 
-    bar = progress_bar(progress, cfg.total_timesteps, global_step, f"GRPO {cfg.env_id}")
+    bar = progress_bar(total=cfg.total_timesteps, initial=global_step, desc=f"GRPO {cfg.env_id}",
+                       disable=None if progress else True)
     last_save = global_step
     while global_step < cfg.total_timesteps:
         # ---- 1. groups of G episodes from the same reset seed
@@ -267,11 +269,6 @@ def train(cfg: GRPOControlConfig, *, resume: bool = False, progress: bool = True
     return TrainResult(history=history, agent=policy, config=cfg, env_steps=global_step,
                        wall_seconds=time.perf_counter() - t0)
 
-
-def progress_bar(show: bool, total: int, initial: int, desc: str):
-    bar = progress(total=total, desc=desc, disable=None if show else True)
-    bar.update(initial)
-    return bar
 
 
 def act(agent: nn.Module, obs, deterministic: bool = True):

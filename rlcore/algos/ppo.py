@@ -37,7 +37,8 @@ from rlcore.envs import make_vector_env, require_discrete_or_box
 from rlcore.losses import approx_kl, clip_fraction, clipped_surrogate_loss, explained_variance, importance_ratio, value_loss
 from rlcore.networks import entropy, log_prob
 from rlcore.rollout import ActorCritic, RolloutCollector, act_with
-from rlcore.training import History, JSONLLogger, load_resume_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import History, JSONLLogger, load_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import progress as progress_bar
 from rlcore.utils import check_positive, check_probability, seed_everything
 
 from . import TrainResult
@@ -217,7 +218,8 @@ def train(cfg: PPOConfig, *, resume: bool = False, progress: bool = True) -> Tra
                                    "history": history.state_dict(), "rng": rng_state(),
                                    "shuffle_gen": shuffle_gen.get_state(), "global_step": global_step, "update": update})
 
-    bar = _progress(show, total=num_updates * batch_size, initial=global_step, desc=f"PPO {cfg.env_id}")
+    bar = progress_bar(total=num_updates * batch_size, initial=global_step, desc=f"PPO {cfg.env_id}",
+                       disable=None if show else True)
     last_save = global_step
     while update < num_updates:
         update += 1
@@ -294,11 +296,6 @@ def train(cfg: PPOConfig, *, resume: bool = False, progress: bool = True) -> Tra
     return TrainResult(history=history, agent=agent, config=cfg, env_steps=global_step,
                        wall_seconds=time.perf_counter() - t0)
 
-
-def _progress(show: bool, total: int, initial: int, desc: str):
-    bar = progress(total=total, desc=desc, disable=None if show else True)
-    bar.update(initial)
-    return bar
 
 
 def act(agent: ActorCritic, obs, deterministic: bool = True):

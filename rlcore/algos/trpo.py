@@ -30,7 +30,8 @@ from rlcore.envs import make_vector_env, require_discrete_or_box
 from rlcore.losses import explained_variance, surrogate_loss, value_loss
 from rlcore.networks import entropy, log_prob
 from rlcore.rollout import ActorCritic, RolloutCollector, act_with
-from rlcore.training import History, JSONLLogger, load_resume_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import History, JSONLLogger, load_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import progress as progress_bar
 from rlcore.utils import check_positive, check_probability, seed_everything
 
 from . import TrainResult
@@ -315,7 +316,8 @@ def train(cfg: TRPOConfig, *, resume: bool = False, progress: bool = True) -> Tr
                                    "history": history.state_dict(), "rng": rng_state(),
                                    "shuffle_gen": shuffle_gen.get_state(), "global_step": global_step, "update": update})
 
-    bar = progress_bar(show=progress, total=num_updates * batch_size, initial=global_step, desc=f"TRPO {cfg.env_id}")
+    bar = progress_bar(total=num_updates * batch_size, initial=global_step, desc=f"TRPO {cfg.env_id}",
+                       disable=None if progress else True)
     last_save = global_step
     while update < num_updates:
         update += 1
@@ -367,11 +369,6 @@ def train(cfg: TRPOConfig, *, resume: bool = False, progress: bool = True) -> Tr
     return TrainResult(history=history, agent=agent, config=cfg, env_steps=global_step,
                        wall_seconds=time.perf_counter() - t0)
 
-
-def progress_bar(show: bool, total: int, initial: int, desc: str):
-    bar = progress(total=total, desc=desc, disable=None if show else True)
-    bar.update(initial)
-    return bar
 
 
 def act(agent: ActorCritic, obs, deterministic: bool = True):
