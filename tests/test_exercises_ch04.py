@@ -10,6 +10,7 @@ import torch
 from rlcore import losses, returns
 from rlcore.exercise_checks import ch04 as checks
 from rlcore.exercises import ExerciseError
+from _exercise_helpers import fails_with
 
 torch.set_num_threads(1)
 
@@ -53,13 +54,7 @@ CHECKERS = [
 ]
 
 
-def _fails_with(checker, fn, *fragments, capsys):
-    assert checker(fn) is False
-    out = capsys.readouterr().out
-    assert out.startswith("✗"), out
-    for fragment in fragments:
-        assert fragment in out, f"{fragment!r} not in:\n{out}"
-    return out
+_fails_with = fails_with
 
 
 # ------------------------------------------------------------------ right answers pass

@@ -12,6 +12,7 @@ import torch
 from rlcore import kl, returns
 from rlcore.exercise_checks import ch06 as checks
 from rlcore.exercises import ExerciseError
+from _exercise_helpers import fails_with
 
 torch.set_num_threads(1)
 
@@ -45,13 +46,7 @@ CHECKERS = [
 ]
 
 
-def _fails_with(checker, fn, *fragments, capsys):
-    assert checker(fn) is False
-    out = capsys.readouterr().out
-    assert out.startswith("✗"), out
-    for fragment in fragments:
-        assert fragment in out, f"{fragment!r} not in:\n{out}"
-    return out
+_fails_with = fails_with
 
 
 @pytest.mark.parametrize("checker,fn", CHECKERS, ids=lambda x: getattr(x, "__name__", ""))

@@ -56,14 +56,8 @@ def test_format_checker_rejects_weak_rewards_with_a_hint(capsys):
     assert "returned None" in capsys.readouterr().out
 
 
-def test_format_checker_covers_the_hacking_cases_of_the_reward_tests():
-    import test_llm_rewards as t
-
-    mark = next(m for m in t.test_format_is_not_fooled.pytestmark if m.name == "parametrize")
-    ours = {c for _, c in checks.HACKING_CASES}
-    for name, completion in mark.args[1]:
-        if name != "prefill repeated by the model":  # needs prefilled_think=True; the exercise has no prefill
-            assert completion in ours, name
+def test_hacking_cases_are_ill_formed_and_good_cases_well_formed():
+    # tests/test_llm_rewards.py parametrises its reward-hacking test with these same cases
     assert all(not is_well_formed(c) for _, c in checks.HACKING_CASES)
     assert all(is_well_formed(c) for _, c in checks.GOOD_FORMAT_CASES)
 

@@ -12,6 +12,7 @@ from rlcore.llm.rewards import (REFLECTION_WORDS, RewardFunctionError, accuracy_
                                 language_consistency, language_consistency_reward, partial_format_reward,
                                 reflection_count, reflection_rate, safe_eval_arithmetic, think_length)
 from rlcore.llm.tasks import as_columns, countdown_dataset
+from rlcore.exercise_checks.ch07 import HACKING_CASES
 
 GOOD = "<think>\n2 + 3: add the units.\nSo it is 5.\n</think>\n<answer>5</answer>"
 
@@ -53,20 +54,10 @@ def test_format_accepts_well_formed_completions():
     assert format_reward(None, [GOOD, "x</think><answer>5</answer>"], prefilled_think=[False, True]) == [1.0, 1.0]
 
 
+# The hacking cases live once, in the chapter-7 exercise checker that students' rewards face too;
+# the last case only applies to a prompt prefilled with "<think>".
 @pytest.mark.parametrize("name,completion", [
-    ("repeated answer blocks", "<think>t</think><answer>5</answer><answer>5</answer>"),
-    ("repeated think blocks", "<think>t</think><think>u</think><answer>5</answer>"),
-    ("empty thinking", "<think> \n </think><answer>5</answer>"),
-    ("empty answer", "<think>t</think><answer>  </answer>"),
-    ("tags out of order", "<answer>5</answer><think>t</think>"),
-    ("closing before opening", "</think>t<think><answer>5</answer>"),
-    ("answer outside the tags", "<think>t</think> 5 <answer>5</answer>"),
-    ("text before think", "Sure! <think>t</think><answer>5</answer>"),
-    ("nested tags", "<think>t<answer>4</answer></think><answer>5</answer>"),
-    ("nested answer", "<think>t</think><answer><answer>5</answer></answer>"),
-    ("text after the answer", "<think>t</think><answer>5</answer> Hope this helps!"),
-    ("missing think", "<answer>5</answer>"),
-    ("unclosed think", "<think>t<answer>5</answer>"),
+    *HACKING_CASES,
     ("prefill repeated by the model", "<think>t</think><answer>5</answer>"),
 ])
 def test_format_is_not_fooled(name, completion):
