@@ -45,6 +45,7 @@ from ..returns import group_normalized_advantages, zero_variance_groups
 from ..training import History, JSONLLogger, load_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
 from ..utils import check_positive, check_probability, seed_everything
 from .rewards import compute_rewards
+from .fast import apply_lora, autocast, generate_fast, token_logprobs_fast, trainable_parameters
 from .sampling import Rollout, generate, token_logprobs
 
 __all__ = ["LOSS_TYPES", "grpo_loss", "GRPOConfig", "GRPOResult", "train_grpo", "evaluate"]
@@ -192,8 +193,21 @@ class GRPOConfig:
     """``"cuda"``/``"cpu"``; ``None`` keeps the model where it is."""
     progress_bar: bool = True
     """Show a tqdm progress bar (disabled in CI)."""
+    fast: bool = False
+    """Use the CPU-fast path of :mod:`rlcore.llm.fast`: the exponential-race sampler, each prompt's prefix
+    run once per group, logits only at completion positions in chunks. Same loss and gradient as the
+    teaching path for a given rollout (tested); the sampler draws other random numbers."""
+    bf16: bool = False
+    """bfloat16 autocast for sampling and the forward/backward passes where the processor supports it
+    (parameters and optimizer stay float32)."""
+    lora_r: int = 0
+    """LoRA rank (through ``peft``); 0 trains every parameter (the default, the path the book explains)."""
+    lora_alpha: float | None = None
+    """LoRA scaling ``alpha`` (``None``: ``2 * lora_r``)."""
 
     def __post_init__(self):
+        if not isinstance(self.lora_r, int) or self.lora_r < 0:
+            raise ValueError(f"lora_r must be an integer >= 0 (0 = full fine-tuning), got {self.lora_r!r}")
         for name in ("steps", "prompts_per_step", "num_generations", "max_new_tokens", "num_iterations"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -277,11 +291,13 @@ def _reflection_rate(completions):
 @torch.no_grad()
 def evaluate(model, tokenizer, dataset: Sequence, template: str | None = "r1_zero", max_new_tokens: int = 64,
              batch_size: int = 32, accuracy_fn: Callable | None = None, format_fn: Callable | None = None,
-             prefill_think: bool = True) -> dict:
+             prefill_think: bool = True, fast: bool = False, bf16: bool = False) -> dict:
     """Greedy decoding on a held-out set: ``{"heldout_accuracy", "format_rate", "mean_length"}``.
 
     ``accuracy_fn``/``format_fn`` default to :func:`rlcore.llm.rewards.accuracy_reward` and
     ``format_reward``; a completion counts as correct / well-formatted when its reward is > 0.5.
+    ``fast`` decodes with :func:`rlcore.llm.fast.generate_fast` (the same greedy tokens), ``bf16`` under
+    bf16 autocast (where supported; greedy choices can then differ from float32 where two logits tie closely).
     """
     if len(dataset) == 0:
         raise ValueError("eval dataset is empty")
@@ -295,7 +311,11 @@ def evaluate(model, tokenizer, dataset: Sequence, template: str | None = "r1_zer
     for s in range(0, len(dataset), batch_size):
         exs = list(dataset[s:s + batch_size])
         prompts = [_format(ex, template, tokenizer, prefill_think) for ex in exs]
-        ro = generate(model, tokenizer, prompts, num_generations=1, max_new_tokens=max_new_tokens, greedy=True)
+        if fast or bf16:
+            ro = generate_fast(model, tokenizer, prompts, num_generations=1, max_new_tokens=max_new_tokens, greedy=True,
+                               bf16=bf16)
+        else:
+            ro = generate(model, tokenizer, prompts, num_generations=1, max_new_tokens=max_new_tokens, greedy=True)
         kw = _reward_kwargs(exs, 1, prefilled)
         acc += [float(v) > 0.5 for v in accuracy_fn(prompts, ro.completions, **kw)]
         fmt += [float(v) > 0.5 for v in format_fn(prompts, ro.completions, **kw)]
@@ -342,7 +362,12 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
         ref_model, own_ref = copy.deepcopy(model), True
     if ref_model is not None:
         ref_model.eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if cfg.lora_r and not hasattr(model, "peft_config"):
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    sample_fn = generate_fast if cfg.fast else generate
+    logprob_fn = token_logprobs_fast if cfg.fast else token_logprobs
+    amp = (lambda: autocast(device, enabled=True)) if cfg.bf16 else (lambda: autocast(device, enabled=False))
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     history = History()
     start_step = 0
     order_rng = np.random.default_rng(cfg.seed)
@@ -384,8 +409,9 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
             prompts = [_format(ex, cfg.template, tokenizer, cfg.prefill_think) for ex in examples]
 
             # ---- 1. rollout: G completions per prompt from the current policy (= pi_old)
-            ro = generate(model, tokenizer, prompts, num_generations=G, max_new_tokens=cfg.max_new_tokens,
-                          temperature=cfg.temperature, top_p=cfg.top_p, generator=gen)
+            with amp():
+                ro = sample_fn(model, tokenizer, prompts, num_generations=G, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_p=cfg.top_p, generator=gen)
             p_ids, p_mask, c_ids, c_mask = ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask
             N, L = c_ids.shape
 
@@ -396,11 +422,11 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
 
             # ---- 3. old and reference log-probs (no grad); skipped when not needed
             old_logp = ref_logp = None
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 if cfg.num_iterations > 1:
-                    old_logp = token_logprobs(model, p_ids, p_mask, c_ids, c_mask, cfg.temperature)
+                    old_logp = logprob_fn(model, p_ids, p_mask, c_ids, c_mask, cfg.temperature)
                 if cfg.beta > 0:
-                    ref_logp = token_logprobs(ref_model, p_ids, p_mask, c_ids, c_mask, cfg.temperature)
+                    ref_logp = logprob_fn(ref_model, p_ids, p_mask, c_ids, c_mask, cfg.temperature)
             seq_kl = None
             if cfg.kl_in_reward and cfg.beta > 0:
                 behaviour = old_logp if old_logp is not None else ro.logprobs.to(device)
@@ -422,7 +448,8 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
                 loss_total = 0.0
                 for s in range(0, N, mb):
                     sl = slice(s, s + mb)
-                    logp, ent = token_logprobs(model, p_ids[sl], p_mask[sl], c_ids[sl], c_mask[sl], cfg.temperature,
+                    with amp():
+                        logp, ent = logprob_fn(model, p_ids[sl], p_mask[sl], c_ids[sl], c_mask[sl], cfg.temperature,
                                                return_entropy=True)
                     if it == 0:
                         entropy_sum = entropy_sum + ent.sum()
@@ -441,7 +468,7 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
                     loss.backward()
                     loss_total += loss.item()
                     step_metrics.append(met)
-                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                grad_norm = (torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.max_grad_norm)
                              if cfg.max_grad_norm and cfg.max_grad_norm > 0 else None)
                 optimizer.step()
             model.eval()
@@ -470,7 +497,7 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
             done = step + 1
             if eval_dataset is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
                 eval_metrics = evaluate(model, tokenizer, eval_dataset, cfg.template, eval_tokens, cfg.eval_batch_size,
-                                        prefill_think=cfg.prefill_think)
+                                        prefill_think=cfg.prefill_think, fast=cfg.fast, bf16=cfg.bf16)
                 m.update(eval_metrics)
             history.log(done, **{k: v for k, v in m.items() if v is not None})
             logger.log(done, **m)

@@ -44,6 +44,7 @@ __all__ = [
     "encode_pair",
     "collate_sft",
     "sft_loss",
+    "sft_loss_fast",
     "SFTConfig",
     "train_sft",
 ]
@@ -258,6 +259,26 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE_INDEX)
 
 
+def sft_loss_fast(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                  chunk_size: int = 1024) -> torch.Tensor:
+    """:func:`sft_loss` of ``model`` on a batch without the full ``[B, T, V]`` logits: the LM head and the
+    log-softmax run only at positions whose next label is a completion token, ``chunk_size`` at a time
+    (:func:`rlcore.llm.fast.chunked_token_logprobs`). Same value and gradient (tested)."""
+    from .fast import _unwrap, chunked_token_logprobs
+
+    if input_ids.shape != labels.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and labels {tuple(labels.shape)} differ in shape")
+    shift_labels = labels[:, 1:]
+    sel = shift_labels != IGNORE_INDEX  # [B, T-1]: position t predicts completion token t+1
+    if sel.sum() == 0:
+        raise ValueError("every label is -100: no completion tokens to train on (max_length too small?)")
+    lm = _unwrap(model)
+    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    logp, _ = chunked_token_logprobs(hidden[:, :-1][sel], lm.get_output_embeddings().weight, shift_labels[sel],
+                                     chunk_size=chunk_size)
+    return -logp.mean()
+
+
 # ============================================================== training
 @dataclass
 class SFTConfig:
@@ -293,9 +314,19 @@ class SFTConfig:
     """Save every this many steps (0: only at the end when ``checkpoint_path`` is set)."""
     resume: bool = False
     """Continue from ``checkpoint_path`` if it exists."""
+    fast: bool = False
+    """Compute the loss with :func:`sft_loss_fast` (logits only at completion positions, chunked)."""
+    bf16: bool = False
+    """bfloat16 autocast for the forward pass where the processor supports it (weights stay float32)."""
+    lora_r: int = 0
+    """LoRA rank through ``peft`` (0: train every parameter)."""
+    lora_alpha: float | None = None
+    """LoRA ``alpha`` (``None``: ``2 * lora_r``)."""
 
     def __post_init__(self):
         check_positive("learning_rate", self.learning_rate)
+        if not isinstance(self.lora_r, int) or self.lora_r < 0:
+            raise ValueError(f"lora_r must be an integer >= 0 (0 = full fine-tuning), got {self.lora_r!r}")
         for name in ("epochs", "batch_size", "max_length"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -338,16 +369,21 @@ def train_sft(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], cfg
     distributed, rank, world = _dist_info()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the world size {world}")
+    from .fast import apply_lora, autocast, trainable_parameters
+
     seed_everything(cfg.seed)
     if cfg.device is not None:
         model.to(cfg.device)
     device = next(model.parameters()).device
+    if cfg.lora_r and not hasattr(model, "peft_config"):
+        # peft injects the adapters into ``model`` in place; the caller's object trains through them
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
     net = model
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     history = History()
@@ -380,13 +416,17 @@ def train_sft(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], cfg
         lr = cfg.learning_rate * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.learning_rate
         for g in optimizer.param_groups:
             g["lr"] = lr
-        logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        loss = sft_loss(logits, batch["labels"])
+        with autocast(device, enabled=cfg.bf16):
+            if cfg.fast and not distributed:
+                loss = sft_loss_fast(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            else:
+                logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+                loss = sft_loss(logits, batch["labels"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite SFT loss at step {step}; lower learning_rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP all-reduces (averages) the gradients here
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.max_grad_norm)
         optimizer.step()
         # [completion tokens trained on, all tokens through forward+backward] (compute accounting)
         n_tok = torch.tensor([float((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
