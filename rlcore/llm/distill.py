@@ -82,7 +82,7 @@ def rejection_sample(teacher, tokenizer, examples: Sequence, reward_funcs: Seque
                      temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16, seed: int = 0,
                      threshold: float = 1.0, max_per_prompt: int | None = 1,
                      generate_fn: Callable[[list[str], int], list[str]] | None = None,
-                     return_stats: bool = False):
+                     return_stats: bool = False, fast: bool = False, bf16: bool = False):
     """Sample ``num_samples`` completions per example from ``teacher`` and keep the verified ones.
 
     A completion is kept when **every** reward function gives at least ``threshold`` (default
@@ -94,7 +94,8 @@ def rejection_sample(teacher, tokenizer, examples: Sequence, reward_funcs: Seque
     (``len(prompts) * num_generations`` completions, grouped per prompt): a stub for tests,
     or an API client. Returns ``[(prompt, completion), ...]`` (with :class:`RejectionStats`
     when ``return_stats``); prompts are formatted with ``template`` so the pairs feed
-    :func:`rlcore.llm.sft.train_sft` directly.
+    :func:`rlcore.llm.sft.train_sft` directly. ``fast``/``bf16`` sample with
+    :func:`rlcore.llm.fast.generate_fast` (bf16: from a bfloat16 copy of the teacher).
     """
     from .grpo import _format, _reward_kwargs
     from .rewards import compute_rewards
@@ -114,6 +115,7 @@ def rejection_sample(teacher, tokenizer, examples: Sequence, reward_funcs: Seque
     prefilled = template == "r1_zero"
     gen = None
     if generate_fn is None:
+        from .fast import generate_fast
         from .sampling import generate
 
         device = next(teacher.parameters()).device
@@ -134,8 +136,10 @@ def rejection_sample(teacher, tokenizer, examples: Sequence, reward_funcs: Seque
                 stats.generated_tokens += sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) + 1
                                               for c in completions)
         else:
-            ro = generate(teacher, tokenizer, prompts, num_generations=num_samples, max_new_tokens=max_new_tokens,
-                          temperature=temperature, top_p=top_p, generator=gen)
+            sampler = generate_fast if (fast or bf16) else generate
+            kw = {"bf16": True} if bf16 else {}
+            ro = sampler(teacher, tokenizer, prompts, num_generations=num_samples, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, generator=gen, **kw)
             completions = ro.completions
             stats.generated_tokens += int(ro.completion_mask.sum())
         if tokenizer is not None:
@@ -204,13 +208,17 @@ class ComputeLedger:
 
 
 def grpo_step_flops(n_params: int, prompts_per_step: int, num_generations: int, prompt_len: float,
-                    completion_len: float, num_iterations: int = 1, beta: float = 0.0) -> float:
+                    completion_len: float, num_iterations: int = 1, beta: float = 0.0,
+                    shared_prefix: bool = False) -> float:
     """FLOPs of one GRPO step on a model with ``n_params`` parameters (module docstring's rules):
     generation (prefill once per prompt, then ``completion_len`` tokens per sample), old log-probs
     (only when ``num_iterations > 1``), reference log-probs (only when ``beta > 0``), and
-    ``num_iterations`` forward+backward passes over all ``P + L`` tokens."""
+    ``num_iterations`` forward+backward passes over all ``P + L`` tokens. ``shared_prefix=True`` counts
+    what :func:`rlcore.llm.fast.token_logprobs_fast` computes: each prompt once per group in every pass."""
     n = prompts_per_step * num_generations
     seq = prompt_len + completion_len
+    if shared_prefix:  # per pass: P tokens per prompt + L per completion, i.e. an average sequence of ...
+        seq = prompts_per_step * prompt_len / n + completion_len
     fwd = prompts_per_step * prompt_len + n * completion_len
     fwd += n * seq * ((num_iterations > 1) + (beta > 0))
     return 2.0 * n_params * fwd + 6.0 * n_params * n * seq * num_iterations
@@ -230,7 +238,8 @@ def rl_steps_for_budget(budget_flops: float, n_params: int, prompts_per_step: in
 def distill_vs_rl(teacher, student, tokenizer, train_examples: Sequence, test_examples: Sequence,
                   reward_funcs: Sequence[Callable] | None = None, sft_cfg: SFTConfig | None = None,
                   grpo_cfg=None, num_samples: int = 4, template: str | None = "r1_zero", max_new_tokens: int = 128,
-                  count_teacher: bool = True, eval_max_new_tokens: int | None = None, seed: int = 0) -> dict:
+                  count_teacher: bool = True, eval_max_new_tokens: int | None = None, seed: int = 0,
+                  evaluate_fn: Callable | None = None, fast: bool = False, bf16: bool = False) -> dict:
     """Distillation vs RL on the student at (approximately, from below) equal compute (C23).
 
     1. rejection-sample ``teacher`` on ``train_examples``; SFT a copy of ``student`` on the kept pairs;
@@ -242,6 +251,8 @@ def distill_vs_rl(teacher, student, tokenizer, train_examples: Sequence, test_ex
 
     Returns ``{"distill": {...}, "rl": {...}}`` with ``heldout_accuracy``, ``format_rate``,
     ``flops`` (and a breakdown) for each, plus the rejection statistics.
+    ``evaluate_fn(model, name) -> dict`` (``name`` is ``"distill"`` or ``"rl"``) replaces the greedy
+    :func:`rlcore.llm.grpo.evaluate`; ``fast``/``bf16`` go to rejection sampling and evaluation.
     """
     from .grpo import GRPOConfig, evaluate, train_grpo
 
@@ -251,7 +262,14 @@ def distill_vs_rl(teacher, student, tokenizer, train_examples: Sequence, test_ex
     n_teacher, n_student = count_parameters(teacher), count_parameters(student)
 
     pairs, stats = rejection_sample(teacher, tokenizer, train_examples, reward_funcs, num_samples=num_samples,
-                                    template=template, max_new_tokens=max_new_tokens, seed=seed, return_stats=True)
+                                    template=template, max_new_tokens=max_new_tokens, seed=seed, return_stats=True,
+                                    fast=fast, bf16=bf16)
+
+    def _eval(model, name):
+        if evaluate_fn is not None:
+            return evaluate_fn(model, name)
+        return evaluate(model, tokenizer, test_examples, template, eval_tokens, fast=fast, bf16=bf16)
+
     d_ledger = ComputeLedger()
     if count_teacher:
         d_ledger.forward(n_teacher, stats.prompt_tokens + stats.generated_tokens, "teacher_generation")
@@ -260,7 +278,7 @@ def distill_vs_rl(teacher, student, tokenizer, train_examples: Sequence, test_ex
     if pairs:
         d_hist = distill(d_student, tokenizer, pairs, sft_cfg)
         d_ledger.train(n_student, int(d_hist.last("seq_tokens")), "student_sft")
-    d_eval = evaluate(d_student, tokenizer, test_examples, template, eval_tokens)
+    d_eval = _eval(d_student, "distill")
 
     budget = d_ledger.flops
     g = grpo_cfg or GRPOConfig(seed=seed, template=template, max_new_tokens=max_new_tokens)
@@ -278,7 +296,7 @@ def distill_vs_rl(teacher, student, tokenizer, train_examples: Sequence, test_ex
     for L in res.history["completion_length"]:
         per = grpo_step_flops(n_student, g.prompts_per_step, g.num_generations, prompt_len, L, g.num_iterations, g.beta)
         r_ledger.entries.append(("student_grpo", per))
-    r_eval = evaluate(r_student, tokenizer, test_examples, g.template, eval_tokens)
+    r_eval = _eval(res.model, "rl")
     return {
         "distill": {**d_eval, "flops": d_ledger.flops, "flops_breakdown": d_ledger.breakdown(), "pairs": len(pairs),
                     "acceptance_rate": stats.acceptance_rate, "prompts_solved": stats.prompts_solved,

@@ -118,6 +118,26 @@ def accuracy_reward(prompts, completions, answer, **kwargs) -> list[float]:
     return [float(answers_match(extract_answer(c), a)) for c, a in zip(completions, answer)]
 
 
+_NUMBER = re.compile(r"[-\u2212]?\d+(?:\.\d+)?")
+
+
+def lenient_accuracy_reward(prompts, completions, answer, **kwargs) -> list[float]:
+    """1.0 when the *last number* of the completion equals ``answer``, tags or not.
+
+    A shaped answer reward for models that do not yet follow the ``<answer>`` format: R1-Zero style
+    replications use such a relaxed check to get any learning signal from a weak starting model, and
+    move to the strict :func:`accuracy_reward` once the format is learned. Easier to game (a list of
+    numbers ending in the right one passes), which is why it is only a starting aid.
+    """
+    answer = _column({"answer": answer}, "answer", len(completions), "lenient_accuracy_reward")
+    out = []
+    for c, a in zip(completions, answer):
+        inside = extract_answer(c)
+        nums = _NUMBER.findall(inside if inside is not None else c[-2000:])  # bounded: no long scans
+        out.append(float(bool(nums) and answers_match(nums[-1].replace("\u2212", "-"), a)))
+    return out
+
+
 _STRICT = re.compile(r"\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*", re.DOTALL)
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
@@ -494,7 +514,7 @@ def think_length(completion: str, prefilled_think: bool = False, tokenizer=None)
 
 __all__ = [
     "extract_answer", "extract_think", "extract_code", "parse_number", "answers_match", "accuracy_reward",
-    "is_well_formed", "format_reward", "format_components", "partial_format_reward", "char_script",
+    "lenient_accuracy_reward", "is_well_formed", "format_reward", "format_components", "partial_format_reward", "char_script",
     "split_words", "language_consistency", "language_consistency_reward", "LANGUAGE_SCRIPTS",
     "NON_ENGLISH_LATIN_WORDS", "safe_eval_arithmetic", "countdown_score", "countdown_reward", "run_tests",
     "code_reward", "RewardFunctionError", "reward_name", "compute_rewards", "combine_rewards",

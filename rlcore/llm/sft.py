@@ -41,6 +41,8 @@ __all__ = [
     "IGNORE_INDEX",
     "cot_trace",
     "sft_dataset",
+    "MIXED_LEXICON",
+    "mix_languages",
     "encode_pair",
     "collate_sft",
     "sft_loss",
@@ -180,6 +182,21 @@ def cot_trace(example, prefilled_think: bool = True, self_check: bool = False, s
     think = "\n".join(body)
     prefix = "" if prefilled_think else "<think>"
     return f"{prefix}\n{think}\n</think>\n<answer>{result}</answer>"
+
+
+MIXED_LEXICON = {"ones": "个位", "tens": "十位", "hundreds": "百位", "thousands": "千位", "write": "写",
+                 "carry": "进位", "wait": "等等", "check": "检查"}
+"""English -> Chinese words of the compact traces, for cold-start data that mixes two languages (C22)."""
+
+
+def mix_languages(trace: str, lexicon: dict[str, str] | None = None) -> str:
+    """``trace`` with every whole word found in ``lexicon`` replaced (default :data:`MIXED_LEXICON`):
+    a chain of thought that switches language mid-sentence, as R1-Zero's did."""
+    lexicon = MIXED_LEXICON if lexicon is None else lexicon
+    if not lexicon:
+        return trace
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(lexicon, key=len, reverse=True))) + r")\b")
+    return pattern.sub(lambda m: lexicon[m.group(1)], trace)
 
 
 def sft_dataset(examples: Sequence, template: str = "r1_zero", tokenizer=None, self_check_rate: float = 0.0,
