@@ -118,7 +118,7 @@ def accuracy_reward(prompts, completions, answer, **kwargs) -> list[float]:
     return [float(answers_match(extract_answer(c), a)) for c, a in zip(completions, answer)]
 
 
-_NUMBER = re.compile(r"[-\u2212]?\d+(?:\.\d+)?")
+_ANY_NUMBER = re.compile(r"[-\u2212]?\d+(?:\.\d+)?")
 
 
 def lenient_accuracy_reward(prompts, completions, answer, **kwargs) -> list[float]:
@@ -133,7 +133,7 @@ def lenient_accuracy_reward(prompts, completions, answer, **kwargs) -> list[floa
     out = []
     for c, a in zip(completions, answer):
         inside = extract_answer(c)
-        nums = _NUMBER.findall(inside if inside is not None else c[-2000:])  # bounded: no long scans
+        nums = _ANY_NUMBER.findall(inside if inside is not None else c[-2000:])  # bounded: no long scans
         out.append(float(bool(nums) and answers_match(nums[-1].replace("\u2212", "-"), a)))
     return out
 
