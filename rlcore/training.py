@@ -60,13 +60,21 @@ class History:
 
 
 class JSONLLogger:
-    """Writes one JSON object per line (``{"step": ..., metric: value, ...}``); flushes each line."""
+    """Writes one JSON object per line (``{"step": ..., metric: value, ...}``); flushes each line.
 
-    def __init__(self, path: str | os.PathLike | None, append: bool = True):
+    ``keep_until``: when resuming from a checkpoint taken at step ``k``, pass ``k``: records of later steps
+    (written after the checkpoint by the interrupted run, and about to be redone) are dropped first, so
+    the log holds every step exactly once. Implies appending.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, append: bool = True, keep_until: int | None = None):
         self.path = Path(path) if path else None
         self._fh = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if keep_until is not None:
+                _truncate_jsonl(self.path, keep_until)
+                append = True
             self._fh = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def log(self, step: int, **metrics: Any) -> None:
@@ -90,6 +98,24 @@ class JSONLLogger:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _truncate_jsonl(path: Path, keep_until: int) -> None:
+    """Keep the records of ``path`` with ``step <= keep_until`` (atomic rewrite; a torn last line is dropped)."""
+    if not path.exists():
+        return
+    kept = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # the interrupted run died mid-line
+                continue
+            if isinstance(rec, dict) and int(rec.get("step", 0)) <= keep_until:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

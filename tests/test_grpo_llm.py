@@ -175,3 +175,31 @@ def test_end_to_end_with_r1_zero_template_and_rule_rewards():
     for key in ("rewards/accuracy_reward", "rewards/format_reward", "heldout_accuracy", "reflection_rate"):
         assert key in res.history, key
     assert res.last_rollout.prompts[0].endswith("<think>")
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_interrupted_run_resumes_with_every_step_logged_once(tmp_path, fast):
+    """Killed after the checkpoint at step 2 but during step 4: the resumed log has steps 1..5 exactly once,
+    and equals the log of an uninterrupted run."""
+    ck, log = tmp_path / "grpo.pt", tmp_path / "log.jsonl"
+    calls = {"n": 0}
+
+    def dies_at_step_4(prompts, completions, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C
+        return sevens(prompts, completions)
+
+    cfg = dict(steps=5, checkpoint_every=2, checkpoint_path=str(ck), log_path=str(log), fast=fast)
+    model, tok = tiny_model(seed=0, vocab="digits")
+    with pytest.raises(KeyboardInterrupt):
+        train_grpo(_cfg(**cfg), model, tok, PROMPTS, [dies_at_step_4])
+    assert [r["step"] for r in read_jsonl(log)] == [1, 2, 3]  # step 3 is after the checkpoint
+    m2, _ = tiny_model(seed=0, vocab="digits")
+    train_grpo(_cfg(resume=True, **cfg), m2, tok, PROMPTS, [sevens])
+    resumed = read_jsonl(log)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
+    m3, _ = tiny_model(seed=0, vocab="digits")
+    ref_log = tmp_path / "ref.jsonl"
+    train_grpo(_cfg(**{**cfg, "checkpoint_path": None, "log_path": str(ref_log)}), m3, tok, PROMPTS, [sevens])
+    assert [r["reward"] for r in resumed] == [r["reward"] for r in read_jsonl(ref_log)]

@@ -114,3 +114,23 @@ def test_sft_teaches_the_format_on_heldout_prompts():
     assert before["format_rate"] == 0.0
     # measured 32/32 (format_rate 1.0, from 0.0 before; accuracy stays 0.0) at seed 0; 0.6 leaves room for platform noise
     assert after["format_rate"] >= 0.6, after
+
+
+def test_resumed_sft_log_has_each_step_once(tmp_path):
+    import json
+
+    from rlcore.llm.models import tiny_model
+    from rlcore.llm.sft import SFTConfig, train_sft
+    from rlcore.training import read_jsonl
+
+    pairs = [("1+1=", "2"), ("2+2=", "4"), ("3+3=", "6")]
+    ck, log = tmp_path / "sft.pt", tmp_path / "sft.jsonl"
+    model, tok = tiny_model(seed=0)
+    train_sft(model, tok, pairs, SFTConfig(max_steps=2, batch_size=2, checkpoint_path=str(ck), log_path=str(log)))
+    with open(log, "a") as fh:  # the interrupted run got one step further, then died mid-line
+        fh.write(json.dumps({"step": 3, "loss": 9.9}) + "\n" + '{"step": 4, "lo')
+    model, tok = tiny_model(seed=0)
+    train_sft(model, tok, pairs, SFTConfig(max_steps=4, batch_size=2, checkpoint_path=str(ck), log_path=str(log),
+                                           resume=True))
+    recs = read_jsonl(log)
+    assert [r["step"] for r in recs] == [1, 2, 3, 4] and recs[2]["loss"] != 9.9

@@ -390,7 +390,7 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
             "step": step, "rng": rng_state(), "generator": gen.get_state(),
             "order_rng": order_rng.bit_generator.state, "config": asdict(cfg)})
 
-    logger = JSONLLogger(cfg.log_path, append=cfg.resume)
+    logger = JSONLLogger(cfg.log_path, keep_until=start_step if cfg.resume else None)
     G = cfg.num_generations
     prefilled = cfg.template is not None and cfg.prefill_think
     kl_fn = _kl_estimator(cfg.kl_estimator)

@@ -465,7 +465,7 @@ def train_ppo_lm(cfg: PPOLMConfig, model: nn.Module, tokenizer, dataset: Sequenc
         gen.set_state(ck["generator"])
         perm_gen.set_state(ck["perm_generator"])
         order_rng.bit_generator.state = ck["order_rng"]
-    logger = JSONLLogger(cfg.log_path, append=cfg.resume)
+    logger = JSONLLogger(cfg.log_path, keep_until=start_step if cfg.resume else None)
     prefilled = cfg.template == "r1_zero"
     G = cfg.num_generations
     t_start = time.perf_counter()

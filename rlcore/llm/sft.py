@@ -412,7 +412,7 @@ def train_sft(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], cfg
         history.load_state_dict(ck["history"])
         step, tokens_seen, seq_tokens_seen = ck["step"], ck["tokens"], ck.get("seq_tokens", 0)
         set_rng_state(ck["rng"])
-    logger = JSONLLogger(cfg.log_path if rank == 0 else None, append=cfg.resume)
+    logger = JSONLLogger(cfg.log_path if rank == 0 else None, keep_until=step if cfg.resume else None)
 
     def save():
         if cfg.checkpoint_path and rank == 0:
