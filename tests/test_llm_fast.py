@@ -289,3 +289,29 @@ def test_bf16_sampler_uses_current_weights():
     lp = token_logprobs(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask)
     m = b.completion_mask.bool()
     assert (lp - b.logprobs)[m].abs().mean() < 0.05  # bf16 log-probs close to float32 on average
+
+
+def test_a_run_that_cannot_fit_is_refused_before_it_starts(monkeypatch):
+    import rlcore.llm.fast as fast_mod
+    from rlcore.llm.sft import SFTConfig, train_sft
+
+    model, tok = tiny_model(seed=0)
+    est = fast_mod.estimate_training_memory(model, rows=32, seq_len=100, bf16=True, sample_rows=32, sample_len=100)
+    assert est["total"] == sum(v for k, v in est.items() if k != "total") and est["activations"] > 0
+    # the same step in float32 keeps twice the activations; LoRA shrinks the optimizer state
+    assert fast_mod.estimate_training_memory(model, 32, 100)["activations"] == 2 * est["activations"]
+    assert fast_mod.estimate_training_memory(model, 32, 100, lora=True)["gradients_and_adam"] < est["gradients_and_adam"]
+
+    monkeypatch.setattr(fast_mod, "available_memory_bytes", lambda: 2**16)  # a 64 kB machine
+    calls = []
+
+    def reward(prompts, completions, **kw):
+        calls.append(1)
+        return [0.0] * len(completions)
+
+    with pytest.raises(MemoryError, match=r"needs about .* GB.*micro_batch_size"):
+        train_grpo(GRPOConfig(steps=1, prompts_per_step=2, num_generations=2, max_new_tokens=4, template=None,
+                              progress_bar=False), model, tok, ["1+1="], [reward])
+    assert not calls  # refused before sampling anything
+    with pytest.raises(MemoryError, match="batch_size"):
+        train_sft(model, tok, [("1+1=", "2")], SFTConfig(max_steps=1, batch_size=1))

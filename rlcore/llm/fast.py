@@ -53,6 +53,9 @@ __all__ = [
     "apply_lora",
     "merge_lora",
     "trainable_parameters",
+    "available_memory_bytes",
+    "estimate_training_memory",
+    "check_fits_in_memory",
 ]
 
 
@@ -394,3 +397,56 @@ def merge_lora(model):
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     """Parameters with ``requires_grad`` (all of them for full fine-tuning, the adapters under LoRA)."""
     return [p for p in model.parameters() if p.requires_grad]
+
+
+# ============================================================== memory: refuse what cannot fit
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return None
+
+
+def estimate_training_memory(model, rows: int, seq_len: int, bf16: bool = False, lora: bool = False,
+                             sample_rows: int = 0, sample_len: int = 0) -> dict:
+    """A deliberately generous estimate (bytes) of the peak memory of one training step of ``model``.
+
+    * weights (float32), plus gradients and AdamW's two moments of the trainable parameters;
+    * saved activations: per token and layer about ``16 d + 6 d_ff`` values (attention and MLP inputs,
+      norms, the SwiGLU branches), in bf16 or float32, for ``rows x seq_len`` tokens of one micro-batch;
+    * the sampler (when ``sample_rows``): a bf16 weight copy and the KV cache of ``sample_rows x sample_len``.
+    """
+    cfg = getattr(_unwrap(model), "config", None)
+    layers = getattr(cfg, "num_hidden_layers", 12)
+    d = getattr(cfg, "hidden_size", 768)
+    d_ff = getattr(cfg, "intermediate_size", 4 * d)
+    kv_dim = getattr(cfg, "num_key_value_heads", 1) * (d // max(getattr(cfg, "num_attention_heads", 1), 1))
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    trainable = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+    if lora and trainable == params:  # adapters not attached yet: a few percent of the weights
+        trainable = params // 50
+    act_bytes = 2 if bf16 else 4
+    out = {
+        "weights": 4 * params,
+        "gradients_and_adam": 12 * trainable,
+        "activations": rows * seq_len * layers * (16 * d + 6 * d_ff) * act_bytes,
+        "sampler": (2 * params + sample_rows * sample_len * layers * 2 * kv_dim * 4) if sample_rows else 0,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def check_fits_in_memory(estimate: dict, knobs: str, available: int | None = None, headroom: float = 0.9) -> None:
+    """Raise ``MemoryError`` before training starts when ``estimate["total"]`` exceeds the available memory."""
+    available = available_memory_bytes() if available is None else available
+    if available is None or estimate["total"] <= headroom * available:
+        return
+    gb = 1024 ** 3
+    parts = ", ".join(f"{k} {v / gb:.1f}" for k, v in estimate.items() if k != "total" and v)
+    raise MemoryError(f"this run needs about {estimate['total'] / gb:.1f} GB ({parts} GB) but only "
+                      f"{available / gb:.1f} GB are available; {knobs}")

@@ -45,7 +45,8 @@ from ..returns import group_normalized_advantages, zero_variance_groups
 from ..training import History, JSONLLogger, load_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
 from ..utils import check_positive, check_probability, seed_everything
 from .rewards import compute_rewards
-from .fast import apply_lora, autocast, generate_fast, token_logprobs_fast, trainable_parameters
+from .fast import (apply_lora, autocast, check_fits_in_memory, estimate_training_memory, generate_fast,
+                   token_logprobs_fast, trainable_parameters)
 from .sampling import Rollout, generate, token_logprobs
 
 __all__ = ["LOSS_TYPES", "grpo_loss", "GRPOConfig", "GRPOResult", "train_grpo", "evaluate"]
@@ -367,6 +368,18 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
     sample_fn = generate_fast if cfg.fast else generate
     logprob_fn = token_logprobs_fast if cfg.fast else token_logprobs
     amp = (lambda: autocast(device, enabled=True)) if cfg.bf16 else (lambda: autocast(device, enabled=False))
+    # refuse a run that cannot fit before any work is done (a crash at step 1 would waste the set-up)
+    probe = [_format(dataset[i], cfg.template, tokenizer, cfg.prefill_think) for i in range(min(len(dataset), 64))]
+    prompt_len = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in probe)
+    n_rows = cfg.prompts_per_step * cfg.num_generations
+    mem = estimate_training_memory(model, min(cfg.micro_batch_size or n_rows, n_rows), prompt_len + cfg.max_new_tokens,
+                                   bf16=cfg.bf16, lora=bool(cfg.lora_r), sample_rows=n_rows,
+                                   sample_len=prompt_len + cfg.max_new_tokens)
+    if ref_model is not None:
+        mem["reference_model"] = mem["weights"]
+        mem["total"] += mem["weights"]
+    check_fits_in_memory(mem, f"lower micro_batch_size (now {cfg.micro_batch_size}), prompts_per_step x num_generations "
+                              f"({n_rows}) or max_new_tokens ({cfg.max_new_tokens}), or train LoRA adapters (lora_r=16)")
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     history = History()
     start_step = 0
