@@ -94,8 +94,12 @@ def smoke_overrides(args):
     args.grpo_steps, args.lang_steps, args.distill_questions, args.distill_samples = 2, 1, 4, 2
     args.digits, args.operands = 1, 2
     args.learning_rate, args.sft_learning_rate = 1e-4, 3e-3
+    defaults = parse_args([])
     tmp = tempfile.mkdtemp(prefix="llm_cpu_runs_smoke_")
-    args.work_dir, args.out_dir = os.path.join(tmp, "work"), os.path.join(tmp, "out")
+    if args.work_dir == defaults.work_dir:  # never the real runs' directories, unless asked explicitly
+        args.work_dir = os.path.join(tmp, "work")
+    if args.out_dir == defaults.out_dir:
+        args.out_dir = os.path.join(tmp, "out")
 
 
 # ------------------------------------------------------------------ statistics
@@ -442,7 +446,7 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_json = out_dir / "llm_cpu_runs.json"
-    results = json.loads(out_json.read_text()) if out_json.exists() and not args.smoke else {"runs": {}}
+    results = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     settings = {k: v for k, v in vars(args).items() if k not in ("out_dir", "work_dir", "fresh")}
     from rlcore.training import progress
 
