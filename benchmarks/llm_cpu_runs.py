@@ -77,6 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--distill-samples", type=int, default=4, help="(d) teacher samples per question")
     p.add_argument("--checkpoint-every", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="'cpu' (the book's runs) or 'cuda': the same code path on a GPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=str(Path(os.environ.get("RLCORE_CACHE", Path.home() / ".cache" / "rlcore"))
                                              / "llm_cpu_runs"), help="checkpoints, per-run results, models")
@@ -203,8 +204,9 @@ class Pipeline:
         from rlcore.llm.models import load_model, tiny_model
 
         if self.args.smoke:
-            return tiny_model(seed=self.args.seed)
-        return load_model("smollm2-135m-instruct")
+            model, tok = tiny_model(seed=self.args.seed)
+            return model.to(self.args.device), tok
+        return load_model("smollm2-135m-instruct", device=self.args.device)
 
     def model_path(self, name):
         return self.work / "models" / name
@@ -232,7 +234,7 @@ class Pipeline:
         tok = AutoTokenizer.from_pretrained(path)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tok
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.args.device).eval(), tok
 
     # -- configs
     def grpo_cfg(self, name, steps, **kw):
@@ -420,6 +422,7 @@ def run_meta(args, argv, wall):
 
     return {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + list(argv)),
             "git_commit": git_commit(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
             "torch": torch.__version__, "transformers": transformers.__version__,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": wall,
             "model": "tiny_model (smoke)" if args.smoke else "smollm2-135m-instruct", "smoke": args.smoke}
@@ -430,6 +433,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.smoke:
         smoke_overrides(args)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: PyTorch sees no CUDA GPU here; run on the CPU (the default)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     torch.set_num_threads(args.threads)

@@ -400,8 +400,11 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
 
 
 # ============================================================== memory: refuse what cannot fit
-def available_memory_bytes() -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` (Linux), or None where it cannot be read."""
+def available_memory_bytes(device: torch.device | str | None = None) -> int | None:
+    """Free memory where training runs: free GPU memory on CUDA, else ``MemAvailable`` of ``/proc/meminfo``
+    (Linux); None where it cannot be read."""
+    if device is not None and torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -441,9 +444,10 @@ def estimate_training_memory(model, rows: int, seq_len: int, bf16: bool = False,
     return out
 
 
-def check_fits_in_memory(estimate: dict, knobs: str, available: int | None = None, headroom: float = 0.9) -> None:
+def check_fits_in_memory(estimate: dict, knobs: str, available: int | None = None, headroom: float = 0.9,
+                         device: torch.device | str | None = None) -> None:
     """Raise ``MemoryError`` before training starts when ``estimate["total"]`` exceeds the available memory."""
-    available = available_memory_bytes() if available is None else available
+    available = available_memory_bytes(device) if available is None else available
     if available is None or estimate["total"] <= headroom * available:
         return
     gb = 1024 ** 3

@@ -379,7 +379,8 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
         mem["reference_model"] = mem["weights"]
         mem["total"] += mem["weights"]
     check_fits_in_memory(mem, f"lower micro_batch_size (now {cfg.micro_batch_size}), prompts_per_step x num_generations "
-                              f"({n_rows}) or max_new_tokens ({cfg.max_new_tokens}), or train LoRA adapters (lora_r=16)")
+                              f"({n_rows}) or max_new_tokens ({cfg.max_new_tokens}), or train LoRA adapters (lora_r=16)",
+                         device=device)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     history = History()
     start_step = 0

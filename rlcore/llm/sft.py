@@ -406,7 +406,7 @@ def train_sft(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], cfg
     check_fits_in_memory(estimate_training_memory(model, cfg.batch_size // world, longest, bf16=cfg.bf16,
                                                   lora=bool(cfg.lora_r)),
                          f"lower batch_size (now {cfg.batch_size}) or max_length (now {cfg.max_length}), "
-                         "or train LoRA adapters (lora_r=16)")
+                         "or train LoRA adapters (lora_r=16)", device=device)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
