@@ -417,11 +417,14 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+START_COMMIT = git_commit()  # the code this process runs: read once at start, not when a run ends
+
+
 def run_meta(args, argv, wall):
     import transformers
 
     return {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + list(argv)),
-            "git_commit": git_commit(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+            "git_commit": START_COMMIT, "cpu": cpu_model(), "threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
             "torch": torch.__version__, "transformers": transformers.__version__,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": wall,
