@@ -34,8 +34,6 @@ import copy
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -399,25 +397,9 @@ class Pipeline:
         return out
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - not a git checkout
-        return None
+from rlcore.llm.results import cpu_model, git_commit  # noqa: E402
 
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-START_COMMIT = git_commit()  # the code this process runs: read once at start, not when a run ends
+START_COMMIT = git_commit(ROOT)  # the code this process runs: read once at start, not when a run ends
 
 
 def run_meta(args, argv, wall):

@@ -146,13 +146,9 @@ def _version(pkg: str) -> str | None:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from rlcore.llm.results import cpu_model
+
+    return cpu_model()
 
 
 def _mem_total_gb() -> float | None:

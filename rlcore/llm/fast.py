@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .sampling import Rollout, _eos_ids, _positions, _top_p_filter, encode_prompts
+from .sampling import Rollout, _eos_ids, _positions, _top_p_filter, check_sampling_args, encode_prompts
 
 __all__ = [
     "bf16_supported",
@@ -286,21 +286,7 @@ def generate_fast(model, tokenizer, prompts, num_generations: int = 1, max_new_t
     (a template) have it computed once. Finished rows are dropped from the batch (their cache rows too),
     so the cost of a step shrinks as completions end.
     """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("prompts is empty; pass at least one prompt string")
-    if not all(isinstance(p, str) for p in prompts):
-        raise TypeError("prompts must be strings (apply the chat/prompt template first)")
-    if not isinstance(num_generations, int) or num_generations < 1:
-        raise ValueError(f"num_generations must be a positive integer, got {num_generations!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+    prompts = check_sampling_args(prompts, num_generations, max_new_tokens, temperature, top_p)
 
     device = next(model.parameters()).device
     G = num_generations

@@ -7,9 +7,31 @@ about it against these numbers.
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
 from pathlib import Path
 
-__all__ = ["repo_root", "load_result", "provenance", "fmt_ci"]
+__all__ = ["repo_root", "load_result", "provenance", "fmt_ci", "cpu_model", "git_commit"]
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), or what ``platform`` knows: recorded with every result."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit(root: str | Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the checkout (None outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(root), capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def repo_root(start: str | Path | None = None) -> Path:

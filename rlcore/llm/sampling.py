@@ -95,16 +95,9 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
-@torch.no_grad()
-def generate(model, tokenizer, prompts, num_generations: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
-             top_p: float = 1.0, greedy: bool = False, generator: torch.Generator | None = None,
-             add_special_tokens: bool = False) -> Rollout:
-    """Sample ``num_generations`` completions for each prompt with a KV cache; returns a :class:`Rollout`.
-
-    ``temperature`` scales the logits (``T -> 0`` approaches greedy; use ``greedy=True`` for argmax),
-    ``top_p < 1`` samples from the nucleus. ``generator`` (a ``torch.Generator`` on the model's
-    device) makes sampling reproducible independently of the global RNG.
-    """
+def check_sampling_args(prompts, num_generations: int, max_new_tokens: int, temperature: float,
+                        top_p: float) -> list[str]:
+    """Validate a sampler's arguments (one clear error each); returns ``prompts`` as a list of strings."""
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -120,6 +113,20 @@ def generate(model, tokenizer, prompts, num_generations: int = 1, max_new_tokens
         raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature!r}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+    return prompts
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts, num_generations: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
+             top_p: float = 1.0, greedy: bool = False, generator: torch.Generator | None = None,
+             add_special_tokens: bool = False) -> Rollout:
+    """Sample ``num_generations`` completions for each prompt with a KV cache; returns a :class:`Rollout`.
+
+    ``temperature`` scales the logits (``T -> 0`` approaches greedy; use ``greedy=True`` for argmax),
+    ``top_p < 1`` samples from the nucleus. ``generator`` (a ``torch.Generator`` on the model's
+    device) makes sampling reproducible independently of the global RNG.
+    """
+    prompts = check_sampling_args(prompts, num_generations, max_new_tokens, temperature, top_p)
 
     device = next(model.parameters()).device
     G = num_generations
