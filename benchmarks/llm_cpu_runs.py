@@ -23,7 +23,7 @@ result under ``--work-dir`` (outside git): a rerun skips finished runs and resum
 its last checkpoint (``--fresh`` starts over). Trained models are saved there too (chapter 9 chats with
 the cold-start model when it is present).
 
-    python benchmarks/llm_cpu_runs.py                      # all four runs, about an hour on 2 cores
+    python benchmarks/llm_cpu_runs.py                      # all four runs, 72 min measured on 2 cores
     python benchmarks/llm_cpu_runs.py --runs cold_start    # a subset
     python benchmarks/llm_cpu_runs.py --smoke              # tiny random model, a minute, temp dirs
 """
