@@ -315,3 +315,20 @@ def test_a_run_that_cannot_fit_is_refused_before_it_starts(monkeypatch):
     assert not calls  # refused before sampling anything
     with pytest.raises(MemoryError, match="batch_size"):
         train_sft(model, tok, [("1+1=", "2")], SFTConfig(max_steps=1, batch_size=1))
+
+
+def test_grpo_fast_bf16_samples_from_the_bf16_copy_not_under_autocast(monkeypatch):
+    import rlcore.llm.grpo as grpo_mod
+
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append((kw.get("bf16"), torch.is_autocast_enabled("cpu")))
+        return generate_fast(*args, **kw)
+
+    monkeypatch.setattr(grpo_mod, "generate_fast", spy)
+    model, tok = tiny_model(seed=0)
+    train_grpo(GRPOConfig(steps=1, prompts_per_step=2, num_generations=2, max_new_tokens=4, template=None,
+                          progress_bar=False, fast=True, bf16=True), model, tok, ["1+1=", "2+2="],
+               [lambda p, c, **k: [float(len(x)) for x in c]])
+    assert seen == [(True, False)]  # autocast would re-cast every weight at every decoding step

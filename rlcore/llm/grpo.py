@@ -195,12 +195,12 @@ class GRPOConfig:
     progress_bar: bool = True
     """Show a tqdm progress bar (disabled in CI)."""
     fast: bool = False
-    """Use the CPU-fast path of :mod:`rlcore.llm.fast`: the exponential-race sampler, each prompt's prefix
-    run once per group, logits only at completion positions in chunks. Same loss and gradient as the
+    """Use the CPU-fast path of :mod:`rlcore.llm.fast`: the inverse-CDF sampler with a static cache, each
+    prompt's prefix run once per group, logits only at completion positions in chunks. Same loss and gradient as the
     teaching path for a given rollout (tested); the sampler draws other random numbers."""
     bf16: bool = False
-    """bfloat16 autocast for sampling and the forward/backward passes where the processor supports it
-    (parameters and optimizer stay float32)."""
+    """bfloat16 where the processor supports it: autocast for the forward/backward passes (parameters and
+    optimizer stay float32); sampling from a bf16 copy of the weights with ``fast``, under autocast without."""
     lora_r: int = 0
     """LoRA rank (through ``peft``); 0 trains every parameter (the default, the path the book explains)."""
     lora_alpha: float | None = None
@@ -367,7 +367,12 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
     sample_fn = generate_fast if cfg.fast else generate
     logprob_fn = token_logprobs_fast if cfg.fast else token_logprobs
-    amp = (lambda: autocast(device, enabled=True)) if cfg.bf16 else (lambda: autocast(device, enabled=False))
+    def amp():
+        return autocast(device, enabled=cfg.bf16)
+
+    # the fast sampler takes bf16 itself (a bf16 weight copy); autocast would re-cast every weight per token
+    sample_kw = {"bf16": cfg.bf16} if cfg.fast else {}
+    sample_ctx = (lambda: autocast(device, enabled=False)) if cfg.fast else amp
     # refuse a run that cannot fit before any work is done (a crash at step 1 would waste the set-up)
     probe = [_format(dataset[i], cfg.template, tokenizer, cfg.prefill_think) for i in range(min(len(dataset), 64))]
     prompt_len = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in probe)
@@ -423,9 +428,9 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
             prompts = [_format(ex, cfg.template, tokenizer, cfg.prefill_think) for ex in examples]
 
             # ---- 1. rollout: G completions per prompt from the current policy (= pi_old)
-            with amp():
+            with sample_ctx():
                 ro = sample_fn(model, tokenizer, prompts, num_generations=G, max_new_tokens=cfg.max_new_tokens,
-                               temperature=cfg.temperature, top_p=cfg.top_p, generator=gen)
+                               temperature=cfg.temperature, top_p=cfg.top_p, generator=gen, **sample_kw)
             p_ids, p_mask, c_ids, c_mask = ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask
             N, L = c_ids.shape
 
