@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .sampling import Rollout, _eos_ids, _positions, _top_p_filter, check_sampling_args, encode_prompts
+from .sampling import Rollout, _positions, _rollout, _sampler_setup, _top_p_filter, check_sampling_args, encode_prompts
 
 __all__ = [
     "bf16_supported",
@@ -288,12 +288,8 @@ def generate_fast(model, tokenizer, prompts, num_generations: int = 1, max_new_t
     """
     prompts = check_sampling_args(prompts, num_generations, max_new_tokens, temperature, top_p)
 
-    device = next(model.parameters()).device
+    device, eos, pad_id, was_training = _sampler_setup(model, tokenizer)
     G = num_generations
-    eos = torch.tensor(_eos_ids(model, tokenizer), device=device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
-    was_training = model.training
-    model.eval()
 
     runner = _bf16_twin(model) if bf16 and bf16_supported(device) else model
     ids, mask, out = _prefill(runner, tokenizer, prompts, device, add_special_tokens)
@@ -347,11 +343,7 @@ def generate_fast(model, tokenizer, prompts, num_generations: int = 1, max_new_t
     logprobs = logprobs[:, :width] * completion_mask
     if was_training:
         model.train()
-    completions = tokenizer.batch_decode(
-        [row[m.bool()].tolist() for row, m in zip(completion_ids, completion_mask)], skip_special_tokens=True)
-    return Rollout(prompts=[p for p in prompts for _ in range(G)], prompt_ids=ids, prompt_mask=mask,
-                   completion_ids=completion_ids, completion_mask=completion_mask, logprobs=logprobs,
-                   completions=completions, terminated=finished, num_generations=G)
+    return _rollout(tokenizer, prompts, G, ids, mask, completion_ids, completion_mask, logprobs, finished)
 
 
 # ============================================================== LoRA through peft

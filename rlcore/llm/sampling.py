@@ -95,6 +95,25 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def _rollout(tokenizer, prompts, G, ids, mask, completion_ids, completion_mask, logprobs, finished) -> Rollout:
+    """The :class:`Rollout` of a finished decoding loop (decodes the completions, repeats the prompts G times)."""
+    completions = tokenizer.batch_decode(
+        [row[m.bool()].tolist() for row, m in zip(completion_ids, completion_mask)], skip_special_tokens=True)
+    return Rollout(prompts=[p for p in prompts for _ in range(G)], prompt_ids=ids, prompt_mask=mask,
+                   completion_ids=completion_ids, completion_mask=completion_mask, logprobs=logprobs,
+                   completions=completions, terminated=finished, num_generations=G)
+
+
+def _sampler_setup(model, tokenizer):
+    """``(device, eos ids tensor, pad id, was_training)``; puts the model in eval mode for sampling."""
+    device = next(model.parameters()).device
+    eos = torch.tensor(_eos_ids(model, tokenizer), device=device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
+    was_training = model.training
+    model.eval()
+    return device, eos, pad_id, was_training
+
+
 def check_sampling_args(prompts, num_generations: int, max_new_tokens: int, temperature: float,
                         top_p: float) -> list[str]:
     """Validate a sampler's arguments (one clear error each); returns ``prompts`` as a list of strings."""
@@ -128,12 +147,8 @@ def generate(model, tokenizer, prompts, num_generations: int = 1, max_new_tokens
     """
     prompts = check_sampling_args(prompts, num_generations, max_new_tokens, temperature, top_p)
 
-    device = next(model.parameters()).device
+    device, eos, pad_id, was_training = _sampler_setup(model, tokenizer)
     G = num_generations
-    eos = torch.tensor(_eos_ids(model, tokenizer), device=device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
-    was_training = model.training
-    model.eval()
 
     # Prefill each distinct prompt once, then copy its KV cache G times.
     ids, mask = encode_prompts(tokenizer, prompts, device, add_special_tokens)
@@ -180,11 +195,7 @@ def generate(model, tokenizer, prompts, num_generations: int = 1, max_new_tokens
     logprobs = torch.stack(logps, dim=1)
     if was_training:
         model.train()
-    completions = tokenizer.batch_decode(
-        [row[m.bool()].tolist() for row, m in zip(completion_ids, completion_mask)], skip_special_tokens=True)
-    return Rollout(prompts=[p for p in prompts for _ in range(G)], prompt_ids=ids, prompt_mask=mask,
-                   completion_ids=completion_ids, completion_mask=completion_mask, logprobs=logprobs,
-                   completions=completions, terminated=finished, num_generations=G)
+    return _rollout(tokenizer, prompts, G, ids, mask, completion_ids, completion_mask, logprobs, finished)
 
 
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
