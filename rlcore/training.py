@@ -223,11 +223,11 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint`; a clear error if it is missing."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; train first or pass the right path")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """Load a checkpoint written by :func:`save_checkpoint`; a clear error naming the file if it is
+    missing, empty, truncated or not a checkpoint (:func:`rlcore.lifecycle.load_run_checkpoint`)."""
+    from rlcore.lifecycle import load_run_checkpoint
+
+    return load_run_checkpoint(path, map_location=map_location)
 
 
 def rng_state() -> dict:
@@ -252,9 +252,6 @@ def load_resume_checkpoint(path: str | os.PathLike, algo: str, env_id: str,
     Checkpoints store ``"algo"`` and ``"config"`` (with ``env_id``); resuming PPO from a
     TRPO checkpoint, or CartPole from Pendulum, would silently mix incompatible state.
     """
-    state = load_checkpoint(path, map_location=map_location)
-    found_algo, found_env = state.get("algo"), state.get("config", {}).get("env_id")
-    if found_algo != algo or found_env != env_id:
-        raise ValueError(f"checkpoint {str(path)!r} is from {found_algo} on {found_env}, not {algo} on {env_id}; "
-                         f"point checkpoint_path elsewhere or resume=False")
-    return state
+    from rlcore.lifecycle import load_run_checkpoint
+
+    return load_run_checkpoint(path, algo=algo, env_id=env_id, map_location=map_location)
