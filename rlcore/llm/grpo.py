@@ -33,25 +33,51 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..kl import kl_estimator as _kl_estimator
+from ..lifecycle import (GracefulInterrupt, check_max_grad_norm, check_resume_config, clip_grad_norm,
+                         load_run_checkpoint, prepare_run)
 from ..losses import clipped_surrogate_loss
 from ..returns import group_normalized_advantages, zero_variance_groups
-from ..training import History, JSONLLogger, load_checkpoint, progress, rng_state, save_checkpoint, set_rng_state
+from ..training import History, JSONLLogger, progress, rng_state, save_checkpoint, set_rng_state
 from ..utils import check_positive, check_probability, seed_everything
 from .rewards import compute_rewards
 from .fast import (apply_lora, autocast, check_fits_in_memory, estimate_training_memory, generate_fast,
                    token_logprobs_fast, trainable_parameters)
 from .sampling import Rollout, generate, token_logprobs
 
-__all__ = ["LOSS_TYPES", "grpo_loss", "GRPOConfig", "GRPOResult", "train_grpo", "evaluate"]
+__all__ = ["LOSS_TYPES", "RESUME_SAFE_CHANGES", "grpo_loss", "GRPOConfig", "GRPOResult", "train_grpo", "evaluate"]
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+ALGO = "grpo_llm"
+"""The ``"algo"`` tag of GRPO checkpoints (:func:`rlcore.lifecycle.load_run_checkpoint` refuses others)."""
+
+RESUME_SAFE_CHANGES = {
+    "steps": "training continues to the new number of steps (the learning rate is constant, so extending a run is "
+             "the same as having asked for more steps at the start); it may not be below the checkpoint's step",
+    "checkpoint_every": "only how often the checkpoint is written",
+    "checkpoint_path": "the run continues from, and saves to, the new path",
+    "log_path": "later rows go to the new log (cut back to the checkpoint's step if it exists)",
+    "log_completions": "only how many completion rows are logged per step",
+    "eval_every": "only when the greedy evaluation runs (it draws no random numbers)",
+    "eval_max_new_tokens": "only the evaluation's completion budget",
+    "eval_batch_size": "only the evaluation's batching",
+    "progress_bar": "display only",
+}
+"""Fields of :class:`GRPOConfig` that may differ between a checkpoint and the run resuming it, and what changing
+each does; any other difference is refused (:func:`rlcore.lifecycle.check_resume_config`)."""
+
+_NOT_COMPARED = ("resume", "overwrite")  # how to start, not what the run is
+
+
+def _plain_config(cfg) -> dict:
+    """The config as stored in a checkpoint: plain, JSON-able fields, without the start flags."""
+    return {k: v for k, v in asdict(cfg).items() if k not in _NOT_COMPARED}
 
 
 # ============================================================== loss
@@ -141,8 +167,9 @@ class GRPOConfig:
     """Adam learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping (global norm); 0 disables."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping (global norm): ``None`` or ``0`` turns clipping off, otherwise a finite number > 0.
+    ``grad_norm`` (the norm before clipping) is logged either way."""
     beta: float = 0.0
     """KL coefficient against the frozen reference model; 0 skips the reference model entirely
     (DAPO / Dr. GRPO / most R1-Zero replications)."""
@@ -181,9 +208,14 @@ class GRPOConfig:
     checkpoint_path: str | None = None
     """Checkpoint file (atomic writes); ``None`` disables checkpointing."""
     checkpoint_every: int = 0
-    """Save every this many steps (0: only at the end, when ``checkpoint_path`` is set)."""
+    """Save every this many steps (0: only at the end, when ``checkpoint_path`` is set). A Ctrl-C (SIGINT) or
+    SIGTERM also saves, at the end of the current step, then raises :class:`rlcore.lifecycle.TrainingInterrupted`."""
     resume: bool = False
-    """Continue from ``checkpoint_path`` if it exists (model, optimizer, step, RNG, history)."""
+    """Continue from ``checkpoint_path`` (model, optimizer, step, RNG, history); it must exist, and the config may
+    differ from the checkpoint's only in :data:`RESUME_SAFE_CHANGES`. The log is cut back to the checkpoint's step."""
+    overwrite: bool = False
+    """Replace an earlier run's checkpoint and log at the same paths; without it (and without ``resume``) a fresh
+    run refuses to start over existing files."""
     eval_every: int = 0
     """Evaluate on ``eval_dataset`` with greedy decoding every this many steps (0: only at the end)."""
     eval_max_new_tokens: int | None = None
@@ -231,6 +263,32 @@ class GRPOConfig:
         _kl_estimator(self.kl_estimator)
         if self.micro_batch_size is not None and (not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 1):
             raise ValueError(f"micro_batch_size must be a positive integer or None, got {self.micro_batch_size!r}")
+        check_max_grad_norm(self.max_grad_norm)
+        _check_lifecycle_fields(self, ("checkpoint_every", "eval_every", "log_completions"))
+
+
+def _check_lifecycle_fields(cfg, counters: Sequence[str]) -> None:
+    """Shared by the LLM configs: non-negative counters and consistent start flags."""
+    for name in counters:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+    for name in ("resume", "overwrite"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other; choose one")
+    if cfg.resume and not cfg.checkpoint_path:
+        raise ValueError("resume=True needs a checkpoint_path to resume from")
+
+
+def _check_resume_step(ck_step: int, total: int, field_name: str, path) -> None:
+    if ck_step > total:
+        raise ValueError(f"the checkpoint {str(path)!r} is at step {ck_step}, beyond {field_name}={total}; resume with "
+                         f"{field_name} >= {ck_step} (a run cannot be shortened below its checkpoint)")
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "history", "step", "rng", "generator", "order_rng", "config")
 
 
 @dataclass
@@ -336,6 +394,11 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
     Each step: sample prompts -> ``G`` completions each -> rewards -> group-normalised advantages
     (eq-group-advantage) -> old log-probs (only when ``num_iterations > 1``) -> reference log-probs
     (only when ``beta > 0``) -> ``num_iterations`` gradient steps on :func:`grpo_loss`.
+
+    Run lifecycle (:mod:`rlcore.lifecycle`): the checkpoint and log paths are checked before any work (an
+    earlier run's files are kept unless ``resume`` or ``overwrite``); a Ctrl-C/SIGTERM ends the current step,
+    saves the checkpoint and raises :class:`~rlcore.lifecycle.TrainingInterrupted`; ``resume=True`` restores
+    everything and the resumed run equals an uninterrupted one, log included (each step logged once).
     """
     if not isinstance(cfg, GRPOConfig):
         raise TypeError(f"cfg must be a GRPOConfig, got {type(cfg).__name__}")
@@ -349,6 +412,13 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
     weights = list(reward_weights if reward_weights is not None else (cfg.reward_weights or [1.0] * len(reward_funcs)))
     if len(weights) != len(reward_funcs):
         raise ValueError(f"got {len(weights)} reward weights for {len(reward_funcs)} reward functions")
+    # the run's files are checked, and a checkpoint to resume read and compared, before any work is done
+    prepare_run(cfg.checkpoint_path, cfg.log_path, resume=cfg.resume, overwrite=cfg.overwrite)
+    ck = None
+    if cfg.resume:
+        ck = load_run_checkpoint(cfg.checkpoint_path, algo=ALGO, required=_CHECKPOINT_KEYS)
+        check_resume_config(ck["config"], _plain_config(cfg), RESUME_SAFE_CHANGES, path=cfg.checkpoint_path)
+        _check_resume_step(int(ck["step"]), cfg.steps, "steps", cfg.checkpoint_path)
 
     gen = seed_everything(cfg.seed)
     if cfg.device is not None:
@@ -390,8 +460,7 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
     history = History()
     start_step = 0
     order_rng = np.random.default_rng(cfg.seed)
-    if cfg.resume and cfg.checkpoint_path and Path(cfg.checkpoint_path).exists():
-        ck = load_checkpoint(cfg.checkpoint_path, map_location=device)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         if own_ref and ck.get("ref_model") is not None:
@@ -407,7 +476,7 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "ref_model": ref_model.state_dict() if own_ref else None, "history": history.state_dict(),
             "step": step, "rng": rng_state(), "generator": gen.get_state(),
-            "order_rng": order_rng.bit_generator.state, "config": asdict(cfg)})
+            "order_rng": order_rng.bit_generator.state, "algo": ALGO, "config": _plain_config(cfg)})
 
     logger = JSONLLogger(cfg.log_path, keep_until=start_step if cfg.resume else None)
     G = cfg.num_generations
@@ -420,7 +489,9 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
     eval_metrics: dict = {}
     bar = progress(range(start_step, cfg.steps), total=cfg.steps, initial=start_step, desc="GRPO",
                    disable=None if cfg.progress_bar else True)
-    try:
+    # Ctrl-C / SIGTERM: finish the current step, save a checkpoint, raise TrainingInterrupted; the log and the
+    # progress bar are closed however the loop ends
+    with GracefulInterrupt() as stop, logger, bar:
         for step in bar:
             t0 = time.perf_counter()
             idx = order_rng.choice(len(dataset), size=min(cfg.prompts_per_step, len(dataset)), replace=False)
@@ -476,19 +547,19 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
                     loss, met = grpo_loss(
                         logp, old, ref_logp[sl] if ref_logp is not None else None, advantages[sl], c_mask[sl],
                         clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high, beta=loss_beta,
-                        loss_type=cfg.loss_type, kl_estimator=cfg.kl_estimator, max_completion_length=cfg.max_new_tokens,
-                        num_items_in_batch=n_tokens)
+                        loss_type=cfg.loss_type, kl_estimator=cfg.kl_estimator,
+                        max_completion_length=cfg.max_new_tokens, num_items_in_batch=n_tokens)
                     # grpo/dr_grpo average over sequences and bnpo over the micro-batch: weight by its share
                     # of the batch; dapo already divides by the global token count.
                     if cfg.loss_type != "dapo":
                         loss = loss * (logp.shape[0] / N)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite GRPO loss at step {step}; lower learning_rate or check rewards")
+                        raise FloatingPointError(f"non-finite GRPO loss at step {step}; lower learning_rate or "
+                                                 f"check rewards")
                     loss.backward()
                     loss_total += loss.item()
                     step_metrics.append(met)
-                grad_norm = (torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.max_grad_norm)
-                             if cfg.max_grad_norm and cfg.max_grad_norm > 0 else None)
+                grad_norm = clip_grad_norm(trainable_parameters(model), cfg.max_grad_norm)  # norm before clipping
                 optimizer.step()
             model.eval()
 
@@ -498,7 +569,7 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
             m = {
                 "reward": rewards.mean().item(), "reward_std": rewards.std().item() if N > 1 else 0.0,
                 "frac_zero_std_groups": zero_var.float().mean().item(),
-                "loss": loss_total, "grad_norm": None if grad_norm is None else float(grad_norm),
+                "loss": loss_total, "grad_norm": grad_norm,
                 "entropy": (entropy_sum / n_tokens.clamp(min=1)).item(),
                 "completion_length": lengths.mean().item(),
                 "completion_length_terminated": lengths[term].mean().item() if term.any() else None,
@@ -515,8 +586,9 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
                 m["kl"] = (seq_kl.sum() / n_tokens.clamp(min=1)).item()
             done = step + 1
             if eval_dataset is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
-                eval_metrics = evaluate(model, tokenizer, eval_dataset, cfg.template, eval_tokens, cfg.eval_batch_size,
-                                        prefill_think=cfg.prefill_think, fast=cfg.fast, bf16=cfg.bf16)
+                eval_metrics = evaluate(model, tokenizer, eval_dataset, cfg.template, eval_tokens,
+                                        cfg.eval_batch_size, prefill_think=cfg.prefill_think, fast=cfg.fast,
+                                        bf16=cfg.bf16)
                 m.update(eval_metrics)
             history.log(done, **{k: v for k, v in m.items() if v is not None})
             logger.log(done, **m)
@@ -526,11 +598,13 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
                 logger.log(done, completions=rows)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['completion_length']:.1f}")
-            if cfg.checkpoint_path and (done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+            saved = bool(cfg.checkpoint_path) and (done == cfg.steps or bool(cfg.checkpoint_every
+                                                                              and done % cfg.checkpoint_every == 0))
+            if saved:
                 save(done)
-    finally:
-        logger.close()
-        if hasattr(bar, "close"):
-            bar.close()
+            if stop.requested:  # a signal arrived during this step: keep everything done so far
+                if cfg.checkpoint_path and not saved:
+                    save(done)
+                raise stop.interrupted(cfg.checkpoint_path, done)
     return GRPOResult(model=model, history=history, config=cfg, steps=cfg.steps,
                       wall_seconds=time.perf_counter() - t_start, last_rollout=ro, eval_metrics=eval_metrics)
