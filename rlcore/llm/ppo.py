@@ -57,8 +57,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -66,9 +65,11 @@ import torch
 import torch.nn as nn
 
 from ..kl import kl_estimator as _kl_estimator
+from ..lifecycle import (GracefulInterrupt, check_max_grad_norm, check_resume_config, clip_grad_norm,
+                         load_run_checkpoint, prepare_run)
 from ..losses import clip_fraction, clipped_surrogate_loss, explained_variance, value_loss
 from ..returns import gae
-from ..training import History, JSONLLogger, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..training import History, JSONLLogger, rng_state, save_checkpoint, set_rng_state
 from ..utils import check_positive, check_probability, seed_everything
 
 __all__ = [
@@ -82,8 +83,29 @@ __all__ = [
     "peak_memory_gb",
     "PPOLMConfig",
     "PPOLMResult",
+    "RESUME_SAFE_CHANGES",
     "train_ppo_lm",
 ]
+
+ALGO = "ppo_llm"
+"""The ``"algo"`` tag of PPO-LM checkpoints (:func:`rlcore.lifecycle.load_run_checkpoint` refuses others)."""
+
+RESUME_SAFE_CHANGES = {
+    "total_steps": "training continues to the new number of iterations (the learning rates are constant, so "
+                   "extending a run is the same as having asked for more at the start); not below the "
+                   "checkpoint's step",
+    "checkpoint_every": "only how often the checkpoint is written",
+    "checkpoint_path": "the run continues from, and saves to, the new path",
+    "log_path": "later rows go to the new log (cut back to the checkpoint's step if it exists)",
+    "log_every": "only which iterations are logged",
+    "eval_every": "only when the greedy evaluation runs (it draws no random numbers)",
+    "eval_max_new_tokens": "only the evaluation's completion budget",
+}
+"""Fields of :class:`PPOLMConfig` that may differ between a checkpoint and the run resuming it, and what changing
+each does; any other difference is refused (:func:`rlcore.lifecycle.check_resume_config`)."""
+
+_CHECKPOINT_KEYS = ("model", "ref_model", "optimizer", "history", "step", "rng", "generator", "perm_generator",
+                    "order_rng", "config")
 
 
 # ============================================================== value head
@@ -357,8 +379,9 @@ class PPOLMConfig:
     ``"bootstrap"`` (withhold the score of cut sequences, bootstrap from ``V``); see the module docstring."""
     separate_critic: bool = False
     """Critic as a separate copy of the trunk (True) or a head on the shared trunk (False)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping (global norm)."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping (global norm): ``None`` or ``0`` turns clipping off, otherwise a finite number > 0.
+    ``grad_norm`` (the norm before clipping) is logged either way."""
     template: str | None = "r1_zero"
     """Prompt template for :func:`rlcore.llm.tasks.format_prompt`; ``None``: the bare question."""
     reward_weights: list[float] | None = None
@@ -378,9 +401,15 @@ class PPOLMConfig:
     checkpoint_path: str | None = None
     """Where to save checkpoints (atomic); ``None`` disables."""
     checkpoint_every: int = 0
-    """Save every this many steps (0: only at the end, when ``checkpoint_path`` is set)."""
+    """Save every this many steps (0: only at the end, when ``checkpoint_path`` is set). A Ctrl-C (SIGINT) or
+    SIGTERM also saves, at the end of the current iteration, then raises
+    :class:`rlcore.lifecycle.TrainingInterrupted`."""
     resume: bool = False
-    """Resume from ``checkpoint_path`` if it exists."""
+    """Continue from ``checkpoint_path`` (it must exist); the config may differ from the checkpoint's only in
+    :data:`RESUME_SAFE_CHANGES`. The log is cut back to the checkpoint's step."""
+    overwrite: bool = False
+    """Replace an earlier run's checkpoint and log at the same paths; without it (and without ``resume``) a fresh
+    run refuses to start over existing files."""
 
     def __post_init__(self):
         for name in ("total_steps", "batch_prompts", "num_generations", "max_new_tokens", "update_epochs", "minibatch_size"):
@@ -396,6 +425,12 @@ class PPOLMConfig:
             raise ValueError(f"truncation must be 'terminal' or 'bootstrap', got {self.truncation!r}")
         if self.kl_in not in ("reward", "loss"):
             raise ValueError(f"kl_in must be 'reward' or 'loss', got {self.kl_in!r}")
+        check_max_grad_norm(self.max_grad_norm)
+        if isinstance(self.log_every, bool) or not isinstance(self.log_every, int) or self.log_every < 1:
+            raise ValueError(f"log_every must be an integer >= 1, got {self.log_every!r}")
+        from .grpo import _check_lifecycle_fields
+
+        _check_lifecycle_fields(self, ("checkpoint_every", "eval_every"))
 
 
 @dataclass
@@ -422,8 +457,12 @@ def train_ppo_lm(cfg: PPOLMConfig, model: nn.Module, tokenizer, dataset: Sequenc
     (no grad) -> per-token rewards (eq-rlhf-reward) -> token GAE (eq-gae) -> ``update_epochs``
     passes of minibatch PPO updates (eq-ppo-lm). ``ref_model`` defaults to a frozen copy of
     ``model`` taken before training. ``model`` may already be a :class:`ValueHead`.
+
+    Run lifecycle (:mod:`rlcore.lifecycle`), as in :func:`rlcore.llm.grpo.train_grpo`: paths checked before any
+    work, earlier runs never overwritten silently, Ctrl-C/SIGTERM saves and raises
+    :class:`~rlcore.lifecycle.TrainingInterrupted`, ``resume=True`` continues exactly with each step logged once.
     """
-    from .grpo import _format, _reward_kwargs, evaluate  # shared with GRPO: same prompts, same reward kwargs
+    from .grpo import _check_resume_step, _format, _plain_config, _reward_kwargs, evaluate  # shared with GRPO
     from .rewards import compute_rewards
     from .sampling import generate
 
@@ -434,6 +473,13 @@ def train_ppo_lm(cfg: PPOLMConfig, model: nn.Module, tokenizer, dataset: Sequenc
     if not reward_funcs:
         raise ValueError("pass at least one reward function, e.g. [accuracy_reward, format_reward]")
     weights = list(reward_weights if reward_weights is not None else (cfg.reward_weights or [1.0] * len(reward_funcs)))
+    # the run's files are checked, and a checkpoint to resume read and compared, before any work is done
+    prepare_run(cfg.checkpoint_path, cfg.log_path, resume=cfg.resume, overwrite=cfg.overwrite)
+    ck = None
+    if cfg.resume:
+        ck = load_run_checkpoint(cfg.checkpoint_path, algo=ALGO, required=_CHECKPOINT_KEYS)
+        check_resume_config(ck["config"], _plain_config(cfg), RESUME_SAFE_CHANGES, path=cfg.checkpoint_path)
+        _check_resume_step(int(ck["step"]), cfg.total_steps, "total_steps", cfg.checkpoint_path)
     perm_gen = seed_everything(cfg.seed)  # CPU generator: minibatch order
     wrapper = model if isinstance(model, ValueHead) else ValueHead(model, separate_critic=cfg.separate_critic)
     if cfg.device is not None:
@@ -454,13 +500,12 @@ def train_ppo_lm(cfg: PPOLMConfig, model: nn.Module, tokenizer, dataset: Sequenc
     history = History()
     start_step = 0
     order_rng = np.random.default_rng(cfg.seed)
-    if cfg.resume and cfg.checkpoint_path and Path(cfg.checkpoint_path).exists():
-        ck = load_checkpoint(cfg.checkpoint_path, map_location=device)
+    if ck is not None:
         wrapper.load_state_dict(ck["model"])
         ref_model.load_state_dict(ck["ref_model"])
         optimizer.load_state_dict(ck["optimizer"])
         history.load_state_dict(ck["history"])
-        start_step = ck["step"]
+        start_step = int(ck["step"])
         set_rng_state(ck["rng"])
         gen.set_state(ck["generator"])
         perm_gen.set_state(ck["perm_generator"])
@@ -478,97 +523,106 @@ def train_ppo_lm(cfg: PPOLMConfig, model: nn.Module, tokenizer, dataset: Sequenc
                 "optimizer": optimizer.state_dict(), "history": history.state_dict(), "step": step,
                 "rng": rng_state(), "generator": gen.get_state(),
                 "perm_generator": perm_gen.get_state(), "order_rng": order_rng.bit_generator.state,
-                "config": asdict(cfg)})
+                "algo": ALGO, "config": _plain_config(cfg)})
 
-    for step in range(start_step, cfg.total_steps):
-        t0 = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        idx = order_rng.choice(len(dataset), size=min(cfg.batch_prompts, len(dataset)), replace=False)
-        examples = [dataset[int(i)] for i in idx]
-        prompts = [_format(ex, cfg.template, tokenizer) for ex in examples]
+    # Ctrl-C / SIGTERM: finish the current iteration, save a checkpoint, raise TrainingInterrupted; the log is
+    # closed however the loop ends
+    with GracefulInterrupt() as stop, logger:
+        for step in range(start_step, cfg.total_steps):
+            t0 = time.perf_counter()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            idx = order_rng.choice(len(dataset), size=min(cfg.batch_prompts, len(dataset)), replace=False)
+            examples = [dataset[int(i)] for i in idx]
+            prompts = [_format(ex, cfg.template, tokenizer) for ex in examples]
 
-        # ---- rollout with the current policy (= pi_old for this iteration)
-        wrapper.eval()
-        with torch.no_grad():
-            ro = generate(wrapper.policy, tokenizer, prompts, num_generations=G, max_new_tokens=cfg.max_new_tokens,
-                          temperature=cfg.temperature, generator=gen)
-        prompt_ids, prompt_mask = ro.prompt_ids.to(device), ro.prompt_mask.to(device)
-        comp_ids, comp_mask = ro.completion_ids.to(device), ro.completion_mask.to(device)
-        flat_prompts = [p for p in prompts for _ in range(G)]
-        scores, per_func = compute_rewards(reward_funcs, weights, flat_prompts, ro.completions,
-                                           **_reward_kwargs(examples, G, prefilled))
-        scores = scores.to(device).float()
-        terminated = ro.terminated.to(device)
+            # ---- rollout with the current policy (= pi_old for this iteration)
+            wrapper.eval()
+            with torch.no_grad():
+                ro = generate(wrapper.policy, tokenizer, prompts, num_generations=G, max_new_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, generator=gen)
+            prompt_ids, prompt_mask = ro.prompt_ids.to(device), ro.prompt_mask.to(device)
+            comp_ids, comp_mask = ro.completion_ids.to(device), ro.completion_mask.to(device)
+            flat_prompts = [p for p in prompts for _ in range(G)]
+            scores, per_func = compute_rewards(reward_funcs, weights, flat_prompts, ro.completions,
+                                               **_reward_kwargs(examples, G, prefilled))
+            scores = scores.to(device).float()
+            terminated = ro.terminated.to(device)
 
-        with torch.no_grad():
-            old_logp, old_values_full = sequence_logprobs_and_values(wrapper, prompt_ids, prompt_mask, comp_ids, comp_mask,
-                                                                     cfg.temperature)
-            ref_logp, _ = sequence_logprobs_and_values(ref_model, prompt_ids, prompt_mask, comp_ids, comp_mask,
-                                                       cfg.temperature, with_values=False)
-            beta_reward = cfg.beta if cfg.kl_in == "reward" else 0.0
-            if cfg.truncation == "bootstrap":
-                # a cut-off sequence has not ended: its score is not due yet, V(s_|o|) stands in for it
-                gae_terminated = terminated
-                rewards = per_token_rewards(scores * terminated.float(), old_logp, ref_logp, comp_mask, beta_reward)
-            else:
-                gae_terminated = torch.ones_like(terminated)
-                rewards = per_token_rewards(scores, old_logp, ref_logp, comp_mask, beta_reward)
-            advantages, returns = token_gae(rewards, old_values_full, comp_mask, gae_terminated, cfg.gamma,
-                                            cfg.gae_lambda)
-            if cfg.whiten_advantages:
-                advantages = _whiten(advantages, comp_mask.float())
-            old_values = old_values_full[:, :-1]
-            seq_kl = ((old_logp - ref_logp) * comp_mask).sum(-1).mean()
+            with torch.no_grad():
+                old_logp, old_values_full = sequence_logprobs_and_values(wrapper, prompt_ids, prompt_mask, comp_ids,
+                                                                         comp_mask, cfg.temperature)
+                ref_logp, _ = sequence_logprobs_and_values(ref_model, prompt_ids, prompt_mask, comp_ids, comp_mask,
+                                                           cfg.temperature, with_values=False)
+                beta_reward = cfg.beta if cfg.kl_in == "reward" else 0.0
+                if cfg.truncation == "bootstrap":
+                    # a cut-off sequence has not ended: its score is not due yet, V(s_|o|) stands in for it
+                    gae_terminated = terminated
+                    rewards = per_token_rewards(scores * terminated.float(), old_logp, ref_logp, comp_mask, beta_reward)
+                else:
+                    gae_terminated = torch.ones_like(terminated)
+                    rewards = per_token_rewards(scores, old_logp, ref_logp, comp_mask, beta_reward)
+                advantages, returns = token_gae(rewards, old_values_full, comp_mask, gae_terminated, cfg.gamma,
+                                                cfg.gae_lambda)
+                if cfg.whiten_advantages:
+                    advantages = _whiten(advantages, comp_mask.float())
+                old_values = old_values_full[:, :-1]
+                seq_kl = ((old_logp - ref_logp) * comp_mask).sum(-1).mean()
 
-        # ---- PPO updates
-        wrapper.train()
-        N = comp_ids.shape[0]
-        mb_metrics: list[dict] = []
-        for _ in range(cfg.update_epochs):
-            perm = torch.randperm(N, generator=perm_gen)
-            for s in range(0, N, cfg.minibatch_size):
-                mb = perm[s:s + cfg.minibatch_size].to(device)
-                logp, values_full = sequence_logprobs_and_values(wrapper, prompt_ids[mb], prompt_mask[mb], comp_ids[mb],
-                                                                 comp_mask[mb], cfg.temperature)
-                loss, met = ppo_lm_loss(logp, old_logp[mb], advantages[mb], comp_mask[mb], clip_coef=cfg.clip_coef,
-                                        values=values_full[:, :-1], returns=returns[mb], old_values=old_values[mb],
-                                        vf_coef=cfg.vf_coef, vf_clip_coef=cfg.vf_clip_coef, ref_logp=ref_logp[mb],
-                                        kl_coef=cfg.beta if cfg.kl_in == "loss" else 0.0)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite PPO loss at step {step}; lower learning_rate or check rewards")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(list(wrapper.parameters()), cfg.max_grad_norm)
-                optimizer.step()
-                met["grad_norm"] = float(grad_norm)
-                mb_metrics.append(met)
+            # ---- PPO updates
+            wrapper.train()
+            N = comp_ids.shape[0]
+            mb_metrics: list[dict] = []
+            for _ in range(cfg.update_epochs):
+                perm = torch.randperm(N, generator=perm_gen)
+                for s in range(0, N, cfg.minibatch_size):
+                    mb = perm[s:s + cfg.minibatch_size].to(device)
+                    logp, values_full = sequence_logprobs_and_values(wrapper, prompt_ids[mb], prompt_mask[mb],
+                                                                     comp_ids[mb], comp_mask[mb], cfg.temperature)
+                    loss, met = ppo_lm_loss(logp, old_logp[mb], advantages[mb], comp_mask[mb], clip_coef=cfg.clip_coef,
+                                            values=values_full[:, :-1], returns=returns[mb], old_values=old_values[mb],
+                                            vf_coef=cfg.vf_coef, vf_clip_coef=cfg.vf_clip_coef, ref_logp=ref_logp[mb],
+                                            kl_coef=cfg.beta if cfg.kl_in == "loss" else 0.0)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite PPO loss at step {step}; lower learning_rate or "
+                                                 f"check rewards")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = clip_grad_norm(wrapper.parameters(), cfg.max_grad_norm)  # norm before clipping
+                    optimizer.step()
+                    met["grad_norm"] = grad_norm
+                    mb_metrics.append(met)
 
-        # ---- metrics
-        lengths = comp_mask.float().sum(-1)
-        mask_b = comp_mask.bool()
-        metrics = {k: float(np.mean([m[k] for m in mb_metrics])) for k in mb_metrics[0]}
-        metrics["first_value_loss"] = mb_metrics[0].get("value_loss", math.nan)
-        metrics.update({
-            "reward": float(scores.mean()), "reward_std": float(scores.std()) if N > 1 else 0.0,
-            "kl_ref": float(seq_kl), "completion_length": float(lengths.mean()),
-            "terminated_rate": float(terminated.float().mean()),
-            "explained_variance": explained_variance(old_values[mask_b], returns[mask_b]),
-            "time_per_step_s": time.perf_counter() - t0, "peak_mem_gb": peak_memory_gb(device),
-        })
-        for name, vals in per_func.items():
-            metrics[f"rewards/{name}"] = float(torch.as_tensor(vals, dtype=torch.float32).mean())
-        if eval_dataset is not None and (step + 1 == cfg.total_steps or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
-            metrics.update(evaluate(wrapper.policy, tokenizer, eval_dataset, cfg.template,
-                                    cfg.eval_max_new_tokens or cfg.max_new_tokens))
-        if step % cfg.log_every == 0 or step == cfg.total_steps - 1:
-            history.log(step + 1, **metrics)
-            logger.log(step + 1, **metrics)
-        samples = list(zip(flat_prompts[:2], ro.completions[:2]))
-        if cfg.checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            save(step + 1)
+            # ---- metrics
+            lengths = comp_mask.float().sum(-1)
+            mask_b = comp_mask.bool()
+            metrics = {k: float(np.mean([m[k] for m in mb_metrics])) for k in mb_metrics[0]}
+            metrics["first_value_loss"] = mb_metrics[0].get("value_loss", math.nan)
+            metrics.update({
+                "reward": float(scores.mean()), "reward_std": float(scores.std()) if N > 1 else 0.0,
+                "kl_ref": float(seq_kl), "completion_length": float(lengths.mean()),
+                "terminated_rate": float(terminated.float().mean()),
+                "explained_variance": explained_variance(old_values[mask_b], returns[mask_b]),
+                "time_per_step_s": time.perf_counter() - t0, "peak_mem_gb": peak_memory_gb(device),
+            })
+            for name, vals in per_func.items():
+                metrics[f"rewards/{name}"] = float(torch.as_tensor(vals, dtype=torch.float32).mean())
+            done = step + 1
+            if eval_dataset is not None and (done == cfg.total_steps or (cfg.eval_every and done % cfg.eval_every == 0)):
+                metrics.update(evaluate(wrapper.policy, tokenizer, eval_dataset, cfg.template,
+                                        cfg.eval_max_new_tokens or cfg.max_new_tokens))
+            if step % cfg.log_every == 0 or done == cfg.total_steps:
+                history.log(done, **metrics)
+                logger.log(done, **metrics)
+            samples = list(zip(flat_prompts[:2], ro.completions[:2]))
+            saved = bool(cfg.checkpoint_path and cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+            if saved:
+                save(done)
+            if stop.requested:  # a signal arrived during this iteration: keep everything done so far
+                if cfg.checkpoint_path and not saved:
+                    save(done)
+                raise stop.interrupted(cfg.checkpoint_path, done)
     if cfg.checkpoint_path and cfg.total_steps > start_step:
         save(cfg.total_steps)
-    logger.close()
     return PPOLMResult(history=history, model=wrapper, config=cfg, steps=cfg.total_steps,
                        wall_seconds=time.perf_counter() - t_start, samples=samples)
