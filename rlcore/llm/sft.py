@@ -26,7 +26,6 @@ import random
 import re
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -34,7 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..training import History, JSONLLogger, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..lifecycle import (GracefulInterrupt, check_max_grad_norm, check_resume_config, clip_grad_norm,
+                         load_run_checkpoint, prepare_run)
+from ..training import History, JSONLLogger, rng_state, save_checkpoint, set_rng_state
 from ..utils import check_positive, seed_everything
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "sft_loss",
     "sft_loss_fast",
     "SFTConfig",
+    "RESUME_SAFE_CHANGES",
     "train_sft",
 ]
 
@@ -297,6 +299,26 @@ def sft_loss_fast(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
 
 # ============================================================== training
+ALGO = "sft"
+"""The ``"algo"`` tag of SFT checkpoints (:func:`rlcore.lifecycle.load_run_checkpoint` refuses others)."""
+
+_EXTEND = ("training continues to the new total (the learning rate depends only on the step and warmup_steps, and "
+           "epoch e's order only on seed and e, so extending a run is the same as having asked for more steps at "
+           "the start); the total may not be below the checkpoint's step")
+RESUME_SAFE_CHANGES = {
+    "max_steps": _EXTEND,
+    "epochs": _EXTEND,
+    "checkpoint_every": "only how often the checkpoint is written",
+    "checkpoint_path": "the run continues from, and saves to, the new path",
+    "log_path": "later rows go to the new log (cut back to the checkpoint's step if it exists)",
+    "log_every": "only which steps are logged",
+}
+"""Fields of :class:`SFTConfig` that may differ between a checkpoint and the run resuming it, and what changing
+each does; any other difference is refused (:func:`rlcore.lifecycle.check_resume_config`)."""
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "history", "step", "tokens", "seq_tokens", "rng", "config")
+
+
 @dataclass
 class SFTConfig:
     """Hyperparameters of supervised fine-tuning (defaults suit the tiny CPU model)."""
@@ -315,8 +337,9 @@ class SFTConfig:
     """AdamW weight decay."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up steps, then constant."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping (global norm)."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping (global norm): ``None`` or ``0`` turns clipping off, otherwise a finite number > 0.
+    ``grad_norm`` (the norm before clipping) is logged either way."""
     seed: int = 0
     """Seed for shuffling (the order of epoch ``e`` depends only on ``seed`` and ``e``)."""
     device: str | None = None
@@ -328,9 +351,14 @@ class SFTConfig:
     checkpoint_path: str | None = None
     """Atomic checkpoint file (rank 0 writes); ``None`` disables."""
     checkpoint_every: int = 0
-    """Save every this many steps (0: only at the end when ``checkpoint_path`` is set)."""
+    """Save every this many steps (0: only at the end when ``checkpoint_path`` is set). A Ctrl-C (SIGINT) or
+    SIGTERM also saves, at the end of the current step, then raises :class:`rlcore.lifecycle.TrainingInterrupted`."""
     resume: bool = False
-    """Continue from ``checkpoint_path`` if it exists."""
+    """Continue from ``checkpoint_path`` (it must exist); the config may differ from the checkpoint's only in
+    :data:`RESUME_SAFE_CHANGES`. The log is cut back to the checkpoint's step."""
+    overwrite: bool = False
+    """Replace an earlier run's checkpoint and log at the same paths; without it (and without ``resume``) a fresh
+    run refuses to start over existing files."""
     fast: bool = False
     """Compute the loss with :func:`sft_loss_fast` (logits only at completion positions, chunked)."""
     bf16: bool = False
@@ -350,6 +378,23 @@ class SFTConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
             raise ValueError(f"max_steps must be None or an integer >= 1, got {self.max_steps!r}")
+        check_max_grad_norm(self.max_grad_norm)
+        for name, low in (("warmup_steps", 0), ("log_every", 1), ("checkpoint_every", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        for name in ("resume", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume=True and overwrite=True contradict each other; choose one")
+        if self.resume and not self.checkpoint_path:
+            raise ValueError("resume=True needs a checkpoint_path to resume from")
+
+
+def _plain_config(cfg: SFTConfig) -> dict:
+    """The config as stored in a checkpoint: its plain fields, without the start flags (how to start, not what)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite")}
 
 
 def _dist_info() -> tuple[bool, int, int]:
@@ -358,6 +403,19 @@ def _dist_info() -> tuple[bool, int, int]:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return True, dist.get_rank(), dist.get_world_size()
     return False, 0, 1
+
+
+def _agree_to_start(error: Exception | None, device: torch.device) -> None:
+    """Under DDP: raise on every rank if any rank could not start (rank 0 checks the files), else return."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([0.0 if error is None else 1.0], device=device)
+    dist.all_reduce(flag)
+    if error is not None:
+        raise error
+    if flag.item() > 0:
+        raise RuntimeError("another rank could not start the run (its error says why: paths, checkpoint or "
+                           "config); nothing was trained")
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -374,6 +432,11 @@ def train_sft(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], cfg
     :mod:`rlcore.llm.distill`), ``lr``, ``time_s``.
     ``eval_fn(model) -> dict`` runs every ``eval_every`` steps and at the end (rank 0 logs it).
     Under ``torch.distributed`` (initialised, world size > 1) the model is wrapped in DDP.
+
+    Run lifecycle (:mod:`rlcore.lifecycle`): rank 0 checks the checkpoint and log paths before any work (an
+    earlier run's files are kept unless ``resume`` or ``overwrite``); a Ctrl-C/SIGTERM (on any rank) ends the
+    current step on every rank, rank 0 saves the checkpoint, and each rank raises
+    :class:`~rlcore.lifecycle.TrainingInterrupted`; ``resume=True`` continues exactly, each step logged once.
     """
     cfg = cfg or SFTConfig()
     if not isinstance(cfg, SFTConfig):
@@ -388,10 +451,32 @@ def train_sft(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], cfg
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the world size {world}")
     from .fast import apply_lora, autocast, trainable_parameters
 
+    # the run's files are checked (rank 0), and a checkpoint to resume read and compared, before any work is done;
+    # under DDP every rank learns whether another could not start, so none waits forever in a collective
+    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    start_error, ck = None, None
+    try:
+        if rank == 0:
+            prepare_run(cfg.checkpoint_path, cfg.log_path, resume=cfg.resume, overwrite=cfg.overwrite)
+        if cfg.resume:
+            ck = load_run_checkpoint(cfg.checkpoint_path, algo=ALGO, required=_CHECKPOINT_KEYS)
+            check_resume_config(ck["config"], _plain_config(cfg), RESUME_SAFE_CHANGES, path=cfg.checkpoint_path)
+            if int(ck["step"]) > total:
+                raise ValueError(f"the checkpoint {cfg.checkpoint_path!r} is at step {int(ck['step'])}, beyond the "
+                                 f"{total} steps asked for; raise max_steps/epochs (a run cannot be shortened below "
+                                 f"its checkpoint)")
+    except Exception as exc:
+        if not distributed:
+            raise
+        start_error = exc
+
     seed_everything(cfg.seed)
     if cfg.device is not None:
         model.to(cfg.device)
     device = next(model.parameters()).device
+    if distributed:
+        _agree_to_start(start_error, device)
     if cfg.lora_r and not hasattr(model, "peft_config"):
         # peft injects the adapters into ``model`` in place; the caller's object trains through them
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
@@ -408,16 +493,13 @@ def train_sft(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], cfg
                          f"lower batch_size (now {cfg.batch_size}) or max_length (now {cfg.max_length}), "
                          "or train LoRA adapters (lora_r=16)", device=device)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
-    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     history = History()
     step, tokens_seen, seq_tokens_seen = 0, 0, 0
-    if cfg.resume and cfg.checkpoint_path and Path(cfg.checkpoint_path).exists():
-        ck = load_checkpoint(cfg.checkpoint_path, map_location=device)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         history.load_state_dict(ck["history"])
-        step, tokens_seen, seq_tokens_seen = ck["step"], ck["tokens"], ck.get("seq_tokens", 0)
+        step, tokens_seen, seq_tokens_seen = int(ck["step"]), int(ck["tokens"]), int(ck["seq_tokens"])
         set_rng_state(ck["rng"])
     logger = JSONLLogger(cfg.log_path if rank == 0 else None, keep_until=step if cfg.resume else None)
 
@@ -426,60 +508,70 @@ def train_sft(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], cfg
             save_checkpoint(cfg.checkpoint_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                                   "history": history.state_dict(), "step": step, "tokens": tokens_seen,
                                                   "seq_tokens": seq_tokens_seen,
-                                                  "rng": rng_state(), "config": asdict(cfg)})
+                                                  "rng": rng_state(), "algo": ALGO, "config": _plain_config(cfg)})
 
     t0 = time.perf_counter()
     net.train()
-    while step < total:
-        epoch, b = divmod(step, steps_per_epoch)
-        order = _epoch_order(len(pairs), cfg.seed, epoch)
-        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-        idx = idx[rank::world] if len(idx) >= world else idx[:1]  # each rank its own slice of the global batch
-        batch = collate_sft(tokenizer, [pairs[int(i)] for i in idx], cfg.max_length)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        lr = cfg.learning_rate * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.learning_rate
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        with autocast(device, enabled=cfg.bf16):
-            if cfg.fast and not distributed:
-                loss = sft_loss_fast(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            else:
-                logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-                loss = sft_loss(logits, batch["labels"])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite SFT loss at step {step}; lower learning_rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # DDP all-reduces (averages) the gradients here
-        torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.max_grad_norm)
-        optimizer.step()
-        # [completion tokens trained on, all tokens through forward+backward] (compute accounting)
-        n_tok = torch.tensor([float((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
-                              float(batch["attention_mask"].sum())], device=device)
-        loss_d = loss.detach().clone()
-        if distributed:
-            import torch.distributed as dist
+    with logger:
+        # Ctrl-C / SIGTERM: finish the current step, save a checkpoint, raise TrainingInterrupted
+        with GracefulInterrupt() as stop:
+            while step < total:
+                epoch, b = divmod(step, steps_per_epoch)
+                order = _epoch_order(len(pairs), cfg.seed, epoch)
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                idx = idx[rank::world] if len(idx) >= world else idx[:1]  # each rank its own slice of the global batch
+                batch = collate_sft(tokenizer, [pairs[int(i)] for i in idx], cfg.max_length)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                lr = cfg.learning_rate * (min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                with autocast(device, enabled=cfg.bf16):
+                    if cfg.fast and not distributed:
+                        loss = sft_loss_fast(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                    else:
+                        logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     use_cache=False).logits
+                        loss = sft_loss(logits, batch["labels"])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite SFT loss at step {step}; lower learning_rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # DDP all-reduces (averages) the gradients here
+                grad_norm = clip_grad_norm(trainable_parameters(model), cfg.max_grad_norm)  # norm before clipping
+                optimizer.step()
+                # [completion tokens trained on, all tokens through forward+backward] (compute accounting), and
+                # whether a stop was asked for (summed over ranks: every rank stops at the same step)
+                n_tok = torch.tensor([float((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
+                                      float(batch["attention_mask"].sum()), float(stop.requested)], device=device)
+                loss_d = loss.detach().clone()
+                if distributed:
+                    import torch.distributed as dist
 
-            dist.all_reduce(n_tok)
-            dist.all_reduce(loss_d)
-            loss_d /= world
-        tokens_seen += int(n_tok[0].item())
-        seq_tokens_seen += int(n_tok[1].item())
-        step += 1
-        if step % cfg.log_every == 0 or step == total:
-            metrics = {"loss": float(loss_d), "tokens": tokens_seen, "seq_tokens": seq_tokens_seen, "lr": lr,
-                       "time_s": time.perf_counter() - t0}
-            if eval_fn is not None and eval_every and step % eval_every == 0:
-                metrics.update(eval_fn(model))
-            history.log(step, **metrics)
-            logger.log(step, **metrics)
-        if cfg.checkpoint_path and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    dist.all_reduce(n_tok)
+                    dist.all_reduce(loss_d)
+                    loss_d /= world
+                tokens_seen += int(n_tok[0].item())
+                seq_tokens_seen += int(n_tok[1].item())
+                step += 1
+                if step % cfg.log_every == 0 or step == total:
+                    metrics = {"loss": float(loss_d), "grad_norm": grad_norm, "tokens": tokens_seen,
+                               "seq_tokens": seq_tokens_seen, "lr": lr, "time_s": time.perf_counter() - t0}
+                    if eval_fn is not None and eval_every and step % eval_every == 0:
+                        metrics.update(eval_fn(model))
+                    history.log(step, **metrics)
+                    logger.log(step, **metrics)
+                saved = bool(cfg.checkpoint_path and cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                if saved:
+                    save()
+                if n_tok[2].item() > 0:  # a signal arrived during this step: keep everything done so far
+                    if not saved:
+                        save()
+                    model.eval()
+                    raise stop.interrupted(cfg.checkpoint_path, step)
+        if eval_fn is not None and not (eval_every and step % eval_every == 0):
+            m = eval_fn(model)
+            history.log(step, **m)
+            logger.log(step, **m)
+        if cfg.checkpoint_path:
             save()
-    if eval_fn is not None and not (eval_every and step % eval_every == 0):
-        m = eval_fn(model)
-        history.log(step, **m)
-        logger.log(step, **m)
-    if cfg.checkpoint_path:
-        save()
-    logger.close()
     model.eval()
     return history
