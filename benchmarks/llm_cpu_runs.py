@@ -180,6 +180,14 @@ def samples_from_log(path, n_rows=2):
 
 
 # ------------------------------------------------------------------ pipeline
+def _resume_or_restart(cfg: dict) -> dict:
+    """A run resumes from its checkpoint when there is one; otherwise it starts over, replacing what an
+    interrupted attempt left (a log written before its first checkpoint)."""
+    ck = cfg.get("checkpoint_path")
+    resume = bool(ck) and Path(ck).exists()
+    return {**cfg, "resume": resume, "overwrite": not resume}
+
+
 class Pipeline:
     def __init__(self, args):
         from rlcore.llm.tasks import arithmetic_dataset
@@ -243,9 +251,9 @@ class Pipeline:
                     max_new_tokens=a.max_new_tokens, learning_rate=a.learning_rate, beta=0.0, template="r1_zero",
                     seed=a.seed, fast=True, bf16=True, log_completions=4, log_path=str(self.work / f"{name}.jsonl"),
                     checkpoint_path=str(self.work / f"{name}.ckpt"), checkpoint_every=a.checkpoint_every,
-                    resume=True, progress_bar=True)
+                    progress_bar=True)
         base.update(kw)
-        return GRPOConfig(**base)
+        return GRPOConfig(**_resume_or_restart(base))
 
     def sft_cfg(self, name, steps, **kw):
         from rlcore.llm.sft import SFTConfig
@@ -253,9 +261,9 @@ class Pipeline:
         a = self.args
         base = dict(max_steps=steps, batch_size=a.sft_batch, learning_rate=a.sft_learning_rate, seed=a.seed,
                     fast=True, bf16=True, checkpoint_path=str(self.work / f"{name}.ckpt"),
-                    checkpoint_every=a.checkpoint_every, resume=True, log_path=str(self.work / f"{name}.jsonl"))
+                    checkpoint_every=a.checkpoint_every, log_path=str(self.work / f"{name}.jsonl"))
         base.update(kw)
-        return SFTConfig(**base)
+        return SFTConfig(**_resume_or_restart(base))
 
     def cold_start(self, name, mixed: bool):
         """SFT on the small trace set (half of them language-mixed when ``mixed``); cached on disk."""
@@ -385,8 +393,8 @@ class Pipeline:
         out = distill_vs_rl(teacher, student, tok, self.rl_examples[: a.distill_questions], self.test,
                             num_samples=a.distill_samples, template="r1_zero", max_new_tokens=a.max_new_tokens,
                             sft_cfg=self.sft_cfg("distill_student", None, epochs=2, checkpoint_path=None,
-                                                 resume=False, max_steps=None),
-                            grpo_cfg=self.grpo_cfg("distill_rl_student", 1, checkpoint_path=None, resume=False),
+                                                 max_steps=None),
+                            grpo_cfg=self.grpo_cfg("distill_rl_student", 1, checkpoint_path=None),
                             seed=a.seed, evaluate_fn=eval_fn, fast=True, bf16=True)
         for side in ("distill", "rl"):
             out[side].update({k: v for k, v in evals[side].items()})
