@@ -471,3 +471,64 @@ def test_unwritable_output_path_is_found_before_training(kind, field, tmp_path):
 def test_log_path_that_is_a_folder_is_refused_before_training(tmp_path):
     _expect_refused_before_any_forward("ppo", IsADirectoryError, f"log '{re.escape(str(tmp_path))}' is a directory",
                                        log_path=str(tmp_path))
+
+
+# ------------------------------------------------------------------ under torch.distributed (SFT)
+def _ddp_worker(rank: int, world: int, tmp: str):
+    """Two scenarios on 2 gloo ranks; each rank writes what happened to ``rank{r}.txt`` (no hang, no traceback)."""
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    outcomes = []
+    try:
+        for scenario in ("rank0_cannot_write_its_log", "sigint_on_rank1"):
+            model, tok = small_model()
+            if scenario == "rank0_cannot_write_its_log":  # only rank 0 checks the files: rank 1 must not wait forever
+                cfg = sft_cfg(max_steps=4, log_path=os.path.join(tmp, "a_file", "log.jsonl"))
+                hook = contextlib.nullcontext()
+            else:  # Ctrl-C reaches rank 1 only: both ranks stop after the same step, rank 0 saves
+                cfg = sft_cfg(max_steps=6, checkpoint_path=os.path.join(tmp, "ck.pt"),
+                              log_path=os.path.join(tmp, "log.jsonl"))
+                hook = sigint_at_forward(model, 2) if rank == 1 else contextlib.nullcontext()
+            try:
+                with hook:
+                    train_sft(model, tok, SFT_PAIRS, cfg)
+                outcomes.append("finished")
+            except TrainingInterrupted as exc:
+                outcomes.append(f"interrupted at {exc.step}")
+            except Exception as exc:  # noqa: BLE001 - the outcome is the test's subject
+                outcomes.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        with open(os.path.join(tmp, f"rank{rank}.txt"), "w") as fh:
+            json.dump(outcomes, fh)
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_on_refusing_to_start_and_on_stopping(tmp_path):
+    import json
+    import time
+
+    import torch.multiprocessing as mp
+
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    (tmp_path / "a_file").write_text("a file where rank 0's log folder should be")
+    ctx = mp.start_processes(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank hung (waiting in a collective for a rank that had stopped)")
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.txt").read_text()) for r in (0, 1))
+    assert r0[0].startswith("PermissionError: cannot write the log") and "a_file" in r0[0]
+    assert r1[0].startswith("RuntimeError: another rank could not start the run")
+    assert r0[1] == r1[1] == "interrupted at 2"
+    from rlcore.lifecycle import load_run_checkpoint
+
+    assert load_run_checkpoint(tmp_path / "ck.pt", algo="sft")["step"] == 2
+    assert [r["step"] for r in read_jsonl(tmp_path / "log.jsonl")] == [1, 2]
