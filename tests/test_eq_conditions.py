@@ -4,6 +4,7 @@ Each test backs one sentence of the book that states *when* a result holds (or w
 what it is) by exact arithmetic on small enumerable cases, using rlcore where it implements the
 quantity:
 
+* ch0/ch2: J is the eta-weighted reward (always); the d^pi-Q form equals J only for a stationary mu0.
 * ch3: Pinsker's inequality D_TV^2 <= KL/2 (tight near equal distributions) and the weaker form
   D_TV^2 <= KL that TRPO uses; the step |sum_a pi~(a|s) A^pi(s,a)| <= 2 D_TV(s) max|A| that turns
   CPI's constant 2 into TRPO's 4 (with an equality case); TRPO's Theorem 1 in its D_TV form; the
@@ -33,6 +34,35 @@ from rlcore import kl, losses, returns, tabular
 from rlcore.llm.grpo import grpo_loss
 
 F64 = torch.float64
+
+
+# ===================================================================== chapters 0 and 2: the objective
+def _stationary(P_pi):
+    evals, evecs = torch.linalg.eig(P_pi.T)
+    v = evecs[:, torch.argmin((evals - 1).abs())].real
+    return v / v.sum()
+
+
+def test_objective_is_the_reward_form_and_the_dpi_q_form_only_for_a_stationary_start():
+    mdp = tabular.random_mdp(n_states=5, n_actions=3, gamma=0.9, seed=0)
+    pi = tabular.softmax_policy(torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=F64))
+    J = float(tabular.expected_return(mdp, pi))
+    r_pi = (pi * mdp.R).sum(-1)
+    eta, d = tabular.discounted_visitation(mdp, pi), tabular.state_distribution(mdp, pi)
+    # always: J = sum_s eta(s) r_pi(s) = E_{s ~ d}[r_pi(s)] / (1 - gamma)
+    assert float(eta @ r_pi) == pytest.approx(J, abs=1e-12)
+    assert float(d @ r_pi) / (1 - mdp.gamma) == pytest.approx(J, abs=1e-12)
+    # the d^pi-Q form sum_s d(s) sum_a Q(s,a) pi(a|s) = sum_s d(s) V(s) is a different number in general
+    Q, V = tabular.action_values(mdp, pi), tabular.state_values(mdp, pi)
+    dq_form = float((d[:, None] * Q * pi).sum())
+    assert dq_form == pytest.approx(float(d @ V), abs=1e-12)
+    assert abs(dq_form - J) > 1e-2
+    # ... and equals J when mu0 is stationary under P_pi (then d = mu0)
+    stat = _stationary(tabular.state_transition_matrix(mdp, pi))
+    mdp_stat = tabular.TabularMDP(mdp.P, mdp.R, mdp.gamma, stat)
+    d_stat = tabular.state_distribution(mdp_stat, pi)
+    assert torch.allclose(d_stat, stat, atol=1e-10)
+    assert float((d_stat[:, None] * Q * pi).sum()) == pytest.approx(float(tabular.expected_return(mdp_stat, pi)), abs=1e-10)
 
 
 # ===================================================================== chapter 3: Pinsker and the 4
@@ -136,10 +166,7 @@ def test_sample_surrogate_state_weighting_is_exact_only_for_a_stationary_start()
     rollout = float(_undiscounted_visitation(mdp, pi_old, 200) @ inner)
     assert abs(rollout - target) > 1e-3
     # ... unless mu0 is stationary under P_pi_old: then d^pi = mu0 = the rollout's weighting
-    P_pi = tabular.state_transition_matrix(mdp, pi_old)
-    evals, evecs = torch.linalg.eig(P_pi.T)
-    stat = evecs[:, torch.argmin((evals - 1).abs())].real
-    stat = stat / stat.sum()
+    stat = _stationary(tabular.state_transition_matrix(mdp, pi_old))
     mdp_stat = tabular.TabularMDP(mdp.P, mdp.R, mdp.gamma, stat)
     target_stat = (1 - mdp.gamma) * float(tabular.surrogate_objective(mdp_stat, pi_old, pi_new)
                                           - tabular.expected_return(mdp_stat, pi_old))
