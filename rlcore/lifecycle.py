@@ -79,7 +79,9 @@ def check_writable(path: str | os.PathLike, what: str = "output file") -> Path:
         if path.exists() and not os.access(path, os.W_OK):
             raise PermissionError(f"{path} is read-only")
     except OSError as exc:
-        raise PermissionError(f"cannot write the {what} {str(path)!r} ({exc.strerror or exc}); "
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{str(blocker)!r} is a file, not a folder" if blocker else (exc.strerror or str(exc))
+        raise PermissionError(f"cannot write the {what} {str(path)!r} ({reason}); "
                               f"choose a writable location") from None
     return path
 
@@ -125,7 +127,7 @@ def prepare_run(checkpoint_path: str | os.PathLike | None, log_path: str | os.Pa
             raise ValueError("resume=True needs a checkpoint_path to resume from")
         if not Path(checkpoint_path).exists():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {str(checkpoint_path)!r}; "
-                                    f"start a fresh run without resume (or pass the folder of the run to continue)")
+                                    f"start a fresh run without resume, or point the checkpoint path at the run to continue")
         return
     existing = [str(p) for p, _ in files if Path(p).exists() and Path(p).stat().st_size > 0]
     if existing and not overwrite:
@@ -165,6 +167,9 @@ def load_run_checkpoint(path: str | os.PathLike, algo: str | None = None, env_id
     if algo is not None:
         found_algo = state.get("algo")
         found_env = state.get("config", {}).get("env_id") if isinstance(state.get("config"), dict) else None
+        if found_algo is None:
+            raise CheckpointError(f"checkpoint {str(path)!r} has no 'algo' tag: it was written by an older rlcore "
+                                  f"or another program, so it cannot be resumed as {algo}; start a fresh run")
         if found_algo != algo or (env_id is not None and found_env != env_id):
             what = f"{algo} on {env_id}" if env_id is not None else algo
             raise CheckpointError(f"checkpoint {str(path)!r} is from {found_algo} on {found_env}, not {what}; "

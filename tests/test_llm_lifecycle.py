@@ -404,7 +404,7 @@ def test_resume_without_a_checkpoint_names_the_path(kind, tmp_path):
     ("ppo", bytes(range(256)) * 8, "truncated or not a PyTorch checkpoint"),
     ("grpo", "sft", "is from sft.*not grpo_llm"),
     ("ppo", "grpo", "is from grpo_llm.*not ppo_llm"),
-    ("sft", "pre_lifecycle", "is from None.*not sft"),
+    ("sft", "pre_lifecycle", "has no .algo. tag.*older rlcore"),
 ], ids=["grpo_empty", "sft_truncated", "ppo_random_bytes", "grpo_given_sft", "ppo_given_grpo", "sft_old_format"])
 def test_unusable_checkpoint_names_the_file(kind, content, match, checkpoints, tmp_path):
     bad = tmp_path / "bad.pt"
