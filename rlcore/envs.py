@@ -102,6 +102,22 @@ def require_discrete_or_box(space: gym.Space, algo: str, env_id: str = "") -> No
         raise ValueError(f"{algo} supports Discrete or 1-D Box action spaces, got {space} for {env_id or 'this env'}")
 
 
+def require_flat_box_observations(space: gym.Space, algo: str, env_id: str = "") -> None:
+    """Raise a clear error unless observations are a flat ``Box`` (a 1-D vector), what rlcore's MLPs take.
+
+    Images (``Box`` of shape ``(H, W, C)``), ``Dict``/``Tuple`` and ``Discrete`` observations are refused
+    before any training, instead of failing later inside a network with a shape error.
+    """
+    if is_continuous(space) and len(space.shape) == 1:
+        return
+    kind = ("image-like" if is_continuous(space) and len(space.shape) >= 2 else type(space).__name__)
+    raise ValueError(
+        f"{algo} supports flat Box observations (a 1-D vector of numbers); {env_id or 'this environment'} has "
+        f"{kind} observations {space}. Use a task with vector observations (e.g. CartPole-v1, Acrobot-v1, "
+        f"Pendulum-v1), or wrap the environment so it returns a flat vector (gymnasium.wrappers.FlattenObservation)."
+    )
+
+
 def obs_dim(space: gym.Space) -> int:
     if not is_continuous(space):
         raise ValueError(f"rlcore's MLP policies need a Box observation space, got {space}")

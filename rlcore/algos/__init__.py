@@ -3,8 +3,27 @@
 Every algorithm module ``rlcore.algos.<name>`` exposes the same small interface:
 
 * ``<Name>Config``: a dataclass of hyperparameters (a docstring under each field);
-* ``train(cfg, *, resume=False, progress=True) -> TrainResult``;
-* ``act(agent, obs, deterministic=True)``: the action(s) of a trained agent, for videos and evaluation.
+* ``train(cfg, *, resume=False, overwrite=False, progress=True) -> TrainResult``;
+* ``act(agent, obs, deterministic=True)``: the action(s) of a trained agent, for videos and evaluation;
+* ``load_agent(state, device="cpu")``: the trained agent rebuilt from a checkpoint (``python -m rlcore eval``).
+
+Every ``train`` follows the same run lifecycle (:mod:`rlcore.lifecycle`): the output files are checked
+before any work, an earlier run is never overwritten without ``overwrite=True``, ``resume=True``
+without a checkpoint is an error, Ctrl-C (SIGINT) or SIGTERM stops at the end of the current
+iteration after writing a checkpoint (:class:`rlcore.lifecycle.TrainingInterrupted`), a resumed
+run refuses config changes other than those in :data:`RESUME_SAFE` (plus an algorithm's own) and
+continues bit-identically, and its JSONL log holds every step exactly once.
+
+Two rules shared by the algorithms:
+
+* **Run length.** Algorithms that train in fixed-size batches of environment steps (PPO and TRPO:
+  rollouts of ``num_envs * num_steps``; DQN: vector steps of ``num_envs``) round ``total_timesteps``
+  *up* to a whole number of batches and print a notice when they do. REINFORCE and GRPO train on
+  whole episodes and stop after the update that reaches ``total_timesteps``.
+* **Schedules on extension.** Resuming with a larger ``total_timesteps`` extends the run. A schedule
+  (PPO's annealed learning rate, DQN's epsilon) is stored in the checkpoint and continues *linearly
+  from its value at the checkpoint* to its end value at the point the new total puts its end, so
+  it never jumps; with an unchanged total the resumed run is bit-identical to an uninterrupted one.
 
 Modules are imported lazily (``get_algorithm("ppo")``) so that ``import rlcore.algos`` is cheap
 and a module that does not exist yet only fails when it is asked for.
@@ -15,6 +34,8 @@ import ast
 import dataclasses
 import importlib
 import inspect
+import math
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +44,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["TrainResult", "ALGORITHMS", "get_algorithm", "config_class", "field_docs", "evaluate",
-           "open_log"]
+__all__ = ["TrainResult", "ALGORITHMS", "RESUME_SAFE", "get_algorithm", "config_class", "field_docs", "evaluate",
+           "open_log", "notice", "resolve_device", "check_hidden", "check_seed", "check_torch_threads",
+           "whole_batches", "begin_run", "module_for_checkpoint"]
 
 
 @dataclass
@@ -128,22 +150,136 @@ def open_log(path: str | None, resume_step: int | None):
     """A :class:`rlcore.training.JSONLLogger` for a run's metrics.
 
     A fresh run (``resume_step is None``) starts a new file. A resumed run first drops the lines
-    logged after the checkpoint it resumes from (they will be logged again), then appends.
+    logged after the checkpoint it resumes from (they will be logged again; a line torn by a killed
+    process goes too), then appends: after any number of resumes the log holds every step once.
     """
-    from rlcore.training import JSONLLogger, atomic_write_bytes
+    from rlcore.training import JSONLLogger
 
     if path is None:
         return JSONLLogger(None)
-    p = Path(path)
-    if resume_step is not None and p.exists():
-        kept = [line for line in p.read_text(encoding="utf-8").splitlines(keepends=True)
-                if line.strip() and _step_of(line) <= resume_step]
-        atomic_write_bytes(p, "".join(kept).encode())
-        return JSONLLogger(p, append=True)
-    return JSONLLogger(p, append=False)
+    if resume_step is None:
+        return JSONLLogger(path, append=False)
+    return JSONLLogger(path, keep_until=int(resume_step))
 
 
-def _step_of(line: str) -> int:
-    import json
+# --------------------------------------------------------------------- the run lifecycle, shared
+RESUME_SAFE: dict[str, str] = {
+    "total_timesteps": "training continues to the new total; a schedule (PPO's annealed learning rate, DQN's "
+                       "epsilon) continues linearly from its value at the checkpoint to its end value at the new "
+                       "total, so it never jumps",
+    "checkpoint_every": "only changes how often checkpoints are written",
+    "checkpoint_path": "the run continues from (and saves to) the new file, e.g. a run folder that was moved",
+    "log_path": "later rows go to the new log file (rows after the checkpoint's step are dropped from it first)",
+    "device": "the same computation on another device (floating-point results may differ in the last bits)",
+    "torch_threads": "only the speed changes",
+}
+"""Config fields every classic algorithm lets a resumed run change, with what the change does.
+Algorithms add their own (e.g. DQN's evaluation settings); any other change is refused."""
 
-    return int(json.loads(line)["step"])
+
+def notice(message: str) -> None:
+    """Print a one-line notice (stderr) about something a trainer decided for the user."""
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def resolve_device(name) -> "torch.device":
+    """``cfg.device`` as a ``torch.device``, with a clear error for a bad name or a missing CUDA/MPS."""
+    import torch
+
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {name!r}")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {name!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was requested but CUDA is not available on this machine; "
+                         f"use device 'cpu' (--device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1} or 'cpu'")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r} was requested but MPS is not available; use device 'cpu'")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} is not supported by rlcore's classic algorithms; use 'cpu' or 'cuda'")
+    return device
+
+
+def check_hidden(hidden) -> tuple[int, ...]:
+    """``hidden`` as a tuple of positive layer sizes; an empty list (a linear policy) is refused."""
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (tuple, list)):
+        raise ValueError(f"hidden must be a list of hidden-layer sizes such as (64, 64) (--set hidden=64,64), "
+                         f"got {hidden!r}")
+    if len(hidden) == 0:
+        raise ValueError("hidden is empty, which would make a linear model without hidden layers; rlcore's "
+                         "networks need at least one hidden layer: give sizes such as (64, 64) (--set hidden=64,64)")
+    for h in hidden:
+        if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1:
+            raise ValueError(f"hidden layer sizes must be positive integers, got {tuple(hidden)!r}; "
+                             f"e.g. (64, 64) (--set hidden=64,64)")
+    return tuple(int(h) for h in hidden)
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer (e.g. 1), got {seed!r}")
+    return int(seed)
+
+
+def check_torch_threads(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"torch_threads must be a positive integer or None (leave torch's setting), got {value!r}")
+
+
+def check_positive_int(name: str, value, *, allow_zero: bool = False) -> None:
+    """``value`` must be an integer > 0 (or >= 0): an error naming the field and a valid example otherwise."""
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        what = "an integer >= 0" if allow_zero else "a positive integer"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def whole_batches(total_timesteps: int, batch: int, algo: str, batch_name: str) -> int:
+    """Number of fixed-size batches a run of ``total_timesteps`` trains: rounded *up*, with a notice."""
+    n = max(1, math.ceil(total_timesteps / batch))
+    if n * batch != total_timesteps:
+        notice(f"{algo} trains in whole {batch_name} of {batch} environment steps: total_timesteps "
+               f"{total_timesteps} is rounded up to {n} x {batch} = {n * batch} steps (choose a multiple of {batch} "
+               f"to avoid rounding)")
+    return n
+
+
+def begin_run(cfg, algo: str, *, resume: bool, overwrite: bool, required, safe: dict[str, str] | None = None,
+              map_location="cpu") -> dict | None:
+    """Start a run: check its files (:func:`rlcore.lifecycle.prepare_run`); when resuming, load its checkpoint
+    (refusing another algorithm's or task's) and compare configs (:func:`rlcore.lifecycle.check_resume_config`,
+    :data:`RESUME_SAFE` plus ``safe``). Returns the checkpoint's state, or ``None`` for a fresh run.
+    Accepted config changes are printed as notices."""
+    from rlcore.lifecycle import check_resume_config, load_run_checkpoint, prepare_run
+
+    if not isinstance(resume, bool) or not isinstance(overwrite, bool):
+        raise TypeError(f"resume and overwrite must be True or False, got {resume!r} and {overwrite!r}")
+    prepare_run(cfg.checkpoint_path, cfg.log_path, resume=resume, overwrite=overwrite)
+    if not resume:
+        return None
+    state = load_run_checkpoint(cfg.checkpoint_path, algo=algo, env_id=cfg.env_id,
+                                required=["config", *required], map_location=map_location)
+    saved = state["config"]
+    if dataclasses.is_dataclass(saved):
+        saved = dataclasses.asdict(saved)
+    allowed = {**RESUME_SAFE, **(safe or {})}
+    changes = check_resume_config(saved, dataclasses.asdict(cfg), allowed, path=cfg.checkpoint_path)
+    for name, (old, new) in sorted(changes.items()):
+        notice(f"resuming with {name} changed from {old!r} to {new!r}: {allowed[name]}")
+    return state
+
+
+def module_for_checkpoint(algo) -> ModuleType:
+    """The algorithm module that wrote a checkpoint whose ``"algo"`` entry is ``algo``."""
+    modules = {m.rsplit(".", 1)[1]: m for m in ALGORITHMS.values()}
+    if algo not in modules:
+        raise ValueError(f"the checkpoint was written by {algo!r}, not by one of rlcore's classic algorithms "
+                         f"({', '.join(modules)}); evaluate it with the tools of the trainer that wrote it")
+    return importlib.import_module(modules[algo])

@@ -34,23 +34,26 @@ from __future__ import annotations
 
 import pickle
 import time
-import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from rlcore.envs import final_observations, finished_episodes, make_vector_env, obs_dim, require_discrete
+from rlcore.envs import (final_observations, finished_episodes, make_env, make_vector_env, obs_dim, require_discrete,
+                         require_flat_box_observations)
+from rlcore.lifecycle import GracefulInterrupt, check_max_grad_norm, clip_grad_norm
 from rlcore.losses import dqn_loss, td_target
 from rlcore.networks import QNetwork
-from rlcore.training import History, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import History, rng_state, save_checkpoint, set_rng_state
 from rlcore.training import progress as progress_bar
-from rlcore.utils import check_positive, check_probability, get_device, seed_everything
+from rlcore.utils import check_positive, check_probability, seed_everything
 
-from . import TrainResult, evaluate, open_log
+from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed, evaluate, notice,
+               open_log, resolve_device, whole_batches)
 
-__all__ = ["DQNConfig", "ReplayBuffer", "linear_schedule", "double_q_target", "train", "act"]
+__all__ = ["DQNConfig", "RESUME_SAFE_FIELDS", "ReplayBuffer", "linear_schedule", "double_q_target", "train", "act",
+           "load_agent"]
 
 
 @dataclass
@@ -76,7 +79,9 @@ class DQNConfig:
     seed: int = 1
     """Seed of the environments, the network initialisation, exploration and replay sampling."""
     total_timesteps: int = 50_000
-    """Environment steps to train for (summed over the ``num_envs`` sub-environments)."""
+    """Environment steps to train for (summed over the ``num_envs`` sub-environments; with ``num_envs > 1``
+    a total that is not a multiple of ``num_envs`` is rounded *up*, with a notice). Resuming with a larger
+    total extends a run (see ``exploration_fraction``)."""
     learning_rate: float = 2.3e-3
     """Adam step size."""
     num_envs: int = 1
@@ -101,7 +106,10 @@ class DQNConfig:
     end_e: float = 0.04
     """Final exploration rate epsilon."""
     exploration_fraction: float = 0.16
-    """Fraction of ``total_timesteps`` over which epsilon decays linearly from ``start_e`` to ``end_e``."""
+    """Fraction of ``total_timesteps`` over which epsilon decays linearly from ``start_e`` to ``end_e``.
+    Extending a run (resume with a larger ``total_timesteps``) continues epsilon linearly from its value at the
+    checkpoint to ``end_e`` at ``exploration_fraction`` of the new total (the schedule is stored in the
+    checkpoint, so epsilon never jumps); once it has reached ``end_e`` it stays there."""
     learning_starts: int = 1_000
     """Environment steps of (random) experience collected before the first gradient step."""
     train_frequency: int = 256
@@ -109,20 +117,21 @@ class DQNConfig:
     gradient_steps: int = 128
     """Gradient steps per burst (every ``train_frequency`` vector steps): the replay ratio is
     ``gradient_steps / (train_frequency * num_envs)`` updates per transition."""
-    max_grad_norm: float = 10.0
-    """Gradient-norm clipping threshold (``inf`` disables clipping)."""
+    max_grad_norm: float | None = 10.0
+    """Gradient-norm clipping threshold; ``None`` or ``0`` (or ``inf``) turns clipping off."""
     loss: str = "huber"
     """TD regression loss: ``"huber"`` (smooth L1, as in the Nature DQN) or ``"mse"``."""
     hidden: tuple[int, ...] = (256, 256)
-    """Hidden layer sizes of the Q-network (ReLU MLP)."""
+    """Hidden layer sizes of the Q-network (ReLU MLP; at least one layer)."""
     eval_every: int = 5_000
     """Environment steps between greedy evaluations (0 disables them)."""
     eval_episodes: int = 10
     """Episodes per greedy evaluation (epsilon = 0, separate environments)."""
     device: str = "cpu"
-    """Torch device of the networks ("cpu" is fastest for these small MLPs)."""
+    """Torch device of the networks ("cpu" is fastest for these small MLPs; "cuda" needs CUDA)."""
     checkpoint_path: str | None = None
-    """File for atomic checkpoints (``None``: no checkpoints). ``train(..., resume=True)`` continues from it."""
+    """File for atomic checkpoints, also written on Ctrl-C/SIGTERM (``None``: no checkpoints).
+    ``train(..., resume=True)`` continues from it; a fresh run refuses to overwrite it unless ``overwrite=True``."""
     checkpoint_every: int = 10_000
     """Environment steps between checkpoints (one is also written at the end)."""
     log_path: str | None = None
@@ -131,19 +140,16 @@ class DQNConfig:
     def __post_init__(self):
         for name in ("total_timesteps", "num_envs", "buffer_size", "target_network_frequency", "batch_size",
                      "train_frequency", "gradient_steps", "eval_episodes", "checkpoint_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"DQNConfig.{name} must be a positive integer, got {v!r}")
+            check_positive_int(f"DQNConfig.{name}", getattr(self, name))
+        check_seed(self.seed)
+        self.hidden = check_hidden(self.hidden)
         if self.double_q and not self.use_target_network:
             raise ValueError("double_q=True needs a target network to evaluate the chosen action; "
                              "set use_target_network=True (or double_q=False)")
         for name in ("learning_starts", "eval_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"DQNConfig.{name} must be an integer >= 0, got {v!r}")
+            check_positive_int(f"DQNConfig.{name}", getattr(self, name), allow_zero=True)
         check_positive("learning_rate", self.learning_rate)
-        if not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 (float('inf') disables clipping), got {self.max_grad_norm!r}")
+        check_max_grad_norm(self.max_grad_norm)
         for name in ("gamma", "start_e", "end_e", "exploration_fraction"):
             check_probability(name, getattr(self, name))
         if not 0.0 < self.tau <= 1.0:
@@ -152,7 +158,14 @@ class DQNConfig:
             raise ValueError(f"loss must be 'huber' or 'mse', got {self.loss!r}")
         if self.batch_size > self.buffer_size:
             raise ValueError(f"batch_size ({self.batch_size}) cannot exceed buffer_size ({self.buffer_size})")
-        self.hidden = tuple(self.hidden)
+
+
+RESUME_SAFE_FIELDS = {
+    **RESUME_SAFE,
+    "eval_every": "only the greedy evaluations (separate environments) change; training is unaffected",
+    "eval_episodes": "only the greedy evaluations (separate environments) change; training is unaffected",
+}
+"""Config fields a resumed DQN run may change, with what the change does; any other change is refused."""
 
 
 # --------------------------------------------------------------------- replay buffer
@@ -243,19 +256,33 @@ def act(agent: nn.Module, obs, deterministic: bool = True, epsilon: float = 0.05
 
 
 # --------------------------------------------------------------------- training
-def train(cfg: DQNConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(cfg: DQNConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
     """Train DQN; returns :class:`rlcore.algos.TrainResult` with metrics ``episode_return``,
-    ``episode_length``, ``td_loss``, ``q_values``, ``epsilon`` and ``eval_return``."""
+    ``episode_length``, ``td_loss``, ``q_values``, ``epsilon`` and ``eval_return``.
+
+    ``resume=True`` continues from ``cfg.checkpoint_path`` (an error if there is none); a fresh run
+    refuses to replace an earlier run's files unless ``overwrite=True``; Ctrl-C (SIGINT) or SIGTERM
+    stops after the current step, writes the checkpoint and raises
+    :class:`rlcore.lifecycle.TrainingInterrupted`. See :mod:`rlcore.lifecycle`."""
     if not isinstance(cfg, DQNConfig):
         raise TypeError(f"train expects a DQNConfig, got {type(cfg).__name__}")
     t0 = time.time()
+    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    device = get_device(cfg.device)
     rng = np.random.default_rng(cfg.seed)  # exploration and replay sampling
 
     envs = make_vector_env(cfg.env_id, cfg.num_envs, seed=None)
-    require_discrete(envs.single_action_space, "DQN", cfg.env_id)
     N = cfg.num_envs
+    try:
+        require_discrete(envs.single_action_space, "DQN", cfg.env_id)
+        require_flat_box_observations(envs.single_observation_space, "DQN", cfg.env_id)
+        num_iterations = whole_batches(cfg.total_timesteps, N, "DQN", "vector steps (num_envs)")
+        state = begin_run(cfg, "dqn", resume=resume, overwrite=overwrite, safe=RESUME_SAFE_FIELDS, map_location=device,
+                          required=["iteration", "global_step", "n_updates", "q_network", "target_network",
+                                    "optimizer", "buffer", "history", "np_rng", "rng", "obs", "envs", "episode_stats"])
+    except BaseException:
+        envs.close()
+        raise
     q_network = QNetwork(obs_dim(envs.single_observation_space), int(envs.single_action_space.n), cfg.hidden).to(device)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=cfg.learning_rate)
     target_network = QNetwork(obs_dim(envs.single_observation_space), int(envs.single_action_space.n), cfg.hidden).to(device)
@@ -264,26 +291,35 @@ def train(cfg: DQNConfig, *, resume: bool = False, progress: bool = True) -> Tra
     history = History()
     obs, _ = envs.reset(seed=cfg.seed)
     start_iteration, global_step, n_updates = 0, 0, 0
+    # epsilon: a line from start_e at step 0 to end_e at exploration_fraction * total_timesteps (then flat);
+    # stored in the checkpoint so that an extended run continues it from where it was (see DQNConfig)
+    schedule = {"start_step": 0, "start_e": cfg.start_e, "end_step": cfg.exploration_fraction * cfg.total_timesteps}
 
-    if resume and cfg.checkpoint_path:
-        try:
-            ckpt = load_checkpoint(cfg.checkpoint_path, map_location=device)
-        except FileNotFoundError:
-            warnings.warn(f"no checkpoint at {cfg.checkpoint_path!r}; training from scratch", stacklevel=2)
-        else:
-            q_network.load_state_dict(ckpt["q_network"])
-            target_network.load_state_dict(ckpt["target_network"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            rb.load_state_dict(ckpt["buffer"])
-            history.load_state_dict(ckpt["history"])
-            rng.bit_generator.state = ckpt["np_rng"]
-            set_rng_state(ckpt["rng"])
-            start_iteration, global_step, n_updates = ckpt["iteration"], ckpt["global_step"], ckpt["n_updates"]
-            envs.unwrapped.envs = pickle.loads(ckpt["envs"])
-            for k, v in ckpt["episode_stats"].items():
-                setattr(envs, k, np.copy(v))
-            obs = ckpt["obs"]
-    logger = open_log(cfg.log_path, global_step if start_iteration else None)
+    if state is not None:
+        q_network.load_state_dict(state["q_network"])
+        target_network.load_state_dict(state["target_network"])
+        optimizer.load_state_dict(state["optimizer"])
+        rb.load_state_dict(state["buffer"])
+        history.load_state_dict(state["history"])
+        rng.bit_generator.state = state["np_rng"]
+        set_rng_state(state["rng"])
+        start_iteration, global_step, n_updates = state["iteration"], state["global_step"], state["n_updates"]
+        envs.unwrapped.envs = pickle.loads(state["envs"])
+        for k, v in state["episode_stats"].items():
+            setattr(envs, k, np.copy(v))
+        obs = state["obs"]
+        schedule = dict(state.get("epsilon_schedule") or schedule)
+        new_end = cfg.exploration_fraction * cfg.total_timesteps
+        if state["config"]["total_timesteps"] != cfg.total_timesteps and new_end != schedule["end_step"]:
+            eps_now = _epsilon(schedule, cfg.end_e, global_step)
+            schedule = {"start_step": global_step, "start_e": eps_now, "end_step": new_end}
+            if eps_now != cfg.end_e:
+                notice(f"total_timesteps changed: epsilon continues linearly from {eps_now:.3g} at step {global_step} "
+                       f"to {cfg.end_e} at step {new_end:.0f}")
+        if start_iteration >= num_iterations:
+            notice(f"the checkpoint is at step {global_step}, which already reaches total_timesteps="
+                   f"{cfg.total_timesteps}: nothing left to train (pass a larger total to extend the run)")
+    logger = open_log(cfg.log_path, global_step if state is not None else None)
 
     def log(step: int, **metrics):
         history.log(step, **metrics)
@@ -291,7 +327,8 @@ def train(cfg: DQNConfig, *, resume: bool = False, progress: bool = True) -> Tra
 
     def checkpoint(iteration: int):
         save_checkpoint(cfg.checkpoint_path, {
-            "config": cfg, "iteration": iteration, "global_step": global_step, "n_updates": n_updates,
+            "algo": "dqn", "config": asdict(cfg), "iteration": iteration, "global_step": global_step,
+            "n_updates": n_updates, "epsilon_schedule": schedule,
             "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
             "optimizer": optimizer.state_dict(), "buffer": rb.state_dict(), "history": history.state_dict(),
             "np_rng": rng.bit_generator.state, "rng": rng_state(), "obs": obs,
@@ -300,71 +337,91 @@ def train(cfg: DQNConfig, *, resume: bool = False, progress: bool = True) -> Tra
                               ("episode_returns", "episode_lengths", "episode_start_times", "prev_dones")},
         })
 
-    num_iterations = cfg.total_timesteps // N
-    exploration_steps = cfg.exploration_fraction * cfg.total_timesteps
     bar = progress_bar(total=num_iterations * N, initial=global_step, desc=f"DQN {cfg.env_id}",
                        disable=None if progress else True)
-    for iteration in range(start_iteration, num_iterations):
-        # 1. act epsilon-greedily
-        epsilon = linear_schedule(cfg.start_e, cfg.end_e, exploration_steps, global_step)
-        explore = rng.random(N) < epsilon
-        if explore.all():
-            actions = rng.integers(0, envs.single_action_space.n, size=N)
-        else:
-            with torch.no_grad():
-                greedy = q_network(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(-1).cpu().numpy()
-            actions = np.where(explore, rng.integers(0, envs.single_action_space.n, size=N), greedy)
-        next_obs, rewards, terminated, truncated, infos = envs.step(actions)
-        global_step += N
-        for ep_return, ep_length in finished_episodes(infos):
-            log(global_step, episode_return=ep_return, episode_length=ep_length)
-
-        # 2. store the transition with the real s' (not the reset observation) and both end flags
-        rb.add(obs, final_observations(next_obs, infos), actions, rewards, terminated, truncated)
-        obs = next_obs
-
-        # 3. a burst of gradient steps on the TD error (eq-dqn-loss), target network held fixed
-        if global_step > cfg.learning_starts and iteration % cfg.train_frequency == 0:
-            for _ in range(cfg.gradient_steps):
-                data = rb.sample(cfg.batch_size, rng, device)
+    with GracefulInterrupt() as stop:
+        for iteration in range(start_iteration, num_iterations):
+            # 1. act epsilon-greedily
+            epsilon = _epsilon(schedule, cfg.end_e, global_step)
+            explore = rng.random(N) < epsilon
+            if explore.all():
+                actions = rng.integers(0, envs.single_action_space.n, size=N)
+            else:
                 with torch.no_grad():
-                    if cfg.double_q:
-                        y = double_q_target(data["rewards"], q_network(data["next_obs"]),
-                                            target_network(data["next_obs"]), data["terminated"], cfg.gamma)
-                    else:
-                        bootstrap_net = target_network if cfg.use_target_network else q_network
-                        y = td_target(data["rewards"], bootstrap_net(data["next_obs"]), data["terminated"], cfg.gamma)
-                q_values = q_network(data["obs"])
-                loss = dqn_loss(q_values, data["actions"], y, kind=cfg.loss)
-                optimizer.zero_grad()
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(q_network.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                n_updates += 1
-                if n_updates % 100 == 0:
-                    q_sa = q_values.detach().gather(-1, data["actions"][:, None]).mean()
-                    log(global_step, td_loss=loss.item(), q_values=q_sa.item(), grad_norm=float(grad_norm),
-                        epsilon=epsilon)
+                    greedy = q_network(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(-1).cpu().numpy()
+                actions = np.where(explore, rng.integers(0, envs.single_action_space.n, size=N), greedy)
+            next_obs, rewards, terminated, truncated, infos = envs.step(actions)
+            global_step += N
+            for ep_return, ep_length in finished_episodes(infos):
+                log(global_step, episode_return=ep_return, episode_length=ep_length)
 
-        # 4. move the target network towards the online one
-        if cfg.use_target_network and iteration % cfg.target_network_frequency == 0:
-            with torch.no_grad():
-                for tp, p in zip(target_network.parameters(), q_network.parameters()):
-                    tp.copy_(cfg.tau * p + (1.0 - cfg.tau) * tp)
+            # 2. store the transition with the real s' (not the reset observation) and both end flags
+            rb.add(obs, final_observations(next_obs, infos), actions, rewards, terminated, truncated)
+            obs = next_obs
 
-        # 5. greedy evaluation on separate environments, and checkpoints
-        if cfg.eval_every and global_step % cfg.eval_every < N:
-            returns = evaluate(lambda o: act(q_network, o), cfg.env_id, cfg.eval_episodes, seed=cfg.seed + 100_000)
-            log(global_step, eval_return=float(returns.mean()), eval_return_std=float(returns.std()))
-            bar.set_postfix(eval_return=f"{returns.mean():.1f}", epsilon=f"{epsilon:.2f}")
-        if cfg.checkpoint_path and global_step % cfg.checkpoint_every < N:
-            checkpoint(iteration + 1)
-        bar.update(N)
+            # 3. a burst of gradient steps on the TD error (eq-dqn-loss), target network held fixed
+            if global_step > cfg.learning_starts and iteration % cfg.train_frequency == 0:
+                for _ in range(cfg.gradient_steps):
+                    data = rb.sample(cfg.batch_size, rng, device)
+                    with torch.no_grad():
+                        if cfg.double_q:
+                            y = double_q_target(data["rewards"], q_network(data["next_obs"]),
+                                                target_network(data["next_obs"]), data["terminated"], cfg.gamma)
+                        else:
+                            bootstrap_net = target_network if cfg.use_target_network else q_network
+                            y = td_target(data["rewards"], bootstrap_net(data["next_obs"]), data["terminated"], cfg.gamma)
+                    q_values = q_network(data["obs"])
+                    loss = dqn_loss(q_values, data["actions"], y, kind=cfg.loss)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    grad_norm = clip_grad_norm(q_network.parameters(), cfg.max_grad_norm)  # None / 0: no clipping
+                    optimizer.step()
+                    n_updates += 1
+                    if n_updates % 100 == 0:
+                        q_sa = q_values.detach().gather(-1, data["actions"][:, None]).mean()
+                        log(global_step, td_loss=loss.item(), q_values=q_sa.item(), grad_norm=float(grad_norm),
+                            epsilon=epsilon)
+
+            # 4. move the target network towards the online one
+            if cfg.use_target_network and iteration % cfg.target_network_frequency == 0:
+                with torch.no_grad():
+                    for tp, p in zip(target_network.parameters(), q_network.parameters()):
+                        tp.copy_(cfg.tau * p + (1.0 - cfg.tau) * tp)
+
+            # 5. greedy evaluation on separate environments, and checkpoints (also when Ctrl-C asked to stop)
+            if cfg.eval_every and global_step % cfg.eval_every < N:
+                returns = evaluate(lambda o: act(q_network, o), cfg.env_id, cfg.eval_episodes, seed=cfg.seed + 100_000)
+                log(global_step, eval_return=float(returns.mean()), eval_return_std=float(returns.std()))
+                bar.set_postfix(eval_return=f"{returns.mean():.1f}", epsilon=f"{epsilon:.2f}")
+            if cfg.checkpoint_path and (global_step % cfg.checkpoint_every < N or stop.requested):
+                checkpoint(iteration + 1)
+            bar.update(N)
+            if stop.requested:
+                break
 
     bar.close()
-    if cfg.checkpoint_path:
+    if cfg.checkpoint_path and not stop.requested:
         checkpoint(num_iterations)
     logger.close()
     envs.close()
+    if stop.requested:
+        raise stop.interrupted(cfg.checkpoint_path, global_step)
     return TrainResult(history=history, agent=q_network, config=cfg, env_steps=global_step,
                        wall_seconds=time.time() - t0)
+
+
+def _epsilon(schedule: dict, end_e: float, step: int) -> float:
+    """Epsilon at env step ``step`` of the stored schedule (a line from ``start_e`` at ``start_step`` to ``end_e``
+    at ``end_step``; a fresh run's is ``linear_schedule(start_e, end_e, exploration_fraction * total, step)``)."""
+    return linear_schedule(schedule["start_e"], end_e, schedule["end_step"] - schedule["start_step"],
+                           step - schedule["start_step"])
+
+
+def load_agent(state: dict, device: str = "cpu") -> nn.Module:
+    """The trained Q-network of a DQN checkpoint (act greedily with :func:`act`)."""
+    cfg = state["config"]
+    env = make_env(cfg["env_id"])
+    q_network = QNetwork(obs_dim(env.observation_space), int(env.action_space.n), tuple(cfg["hidden"]))
+    env.close()
+    q_network.load_state_dict(state["q_network"])
+    return q_network.to(device).eval()

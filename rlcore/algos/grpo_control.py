@@ -29,19 +29,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlcore.envs import make_env, require_discrete_or_box
+from rlcore.envs import make_env, require_discrete_or_box, require_flat_box_observations
 from rlcore.kl import kl_k3
+from rlcore.lifecycle import GracefulInterrupt, check_max_grad_norm, clip_grad_norm
 from rlcore.losses import approx_kl, clip_fraction, clipped_surrogate_loss
 from rlcore.networks import CategoricalPolicy, GaussianPolicy, entropy, log_prob, make_policy
 from rlcore.returns import group_normalized_advantages, zero_variance_groups
 from rlcore.rollout import act_with
-from rlcore.training import History, JSONLLogger, load_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import History, rng_state, save_checkpoint, set_rng_state
 from rlcore.training import progress as progress_bar
 from rlcore.utils import check_positive, seed_everything
 
-from . import TrainResult
+from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed, check_torch_threads,
+               notice, open_log, resolve_device)
 
-__all__ = ["GRPOControlConfig", "default_config", "train", "act", "collect_groups"]
+__all__ = ["GRPOControlConfig", "RESUME_SAFE_FIELDS", "default_config", "train", "act", "load_agent", "collect_groups"]
+
+RESUME_SAFE_FIELDS = dict(RESUME_SAFE)
+"""Config fields a resumed GRPO run may change (:data:`rlcore.algos.RESUME_SAFE`); any other change is refused."""
 
 
 @dataclass
@@ -53,7 +58,8 @@ class GRPOControlConfig:
     seed: int = 1
     """Seed of torch, numpy, the reset seeds and the minibatch shuffling."""
     total_timesteps: int = 200_000
-    """Environment steps to train for (training stops after the update that crosses it)."""
+    """Environment steps to train for (training stops after the update that crosses it: whole episodes).
+    Resuming with a larger total extends a run (GRPO has no schedule)."""
     group_size: int = 8
     """G: episodes per reset seed (>= 2; a group of one has no spread)."""
     num_groups: int = 4
@@ -70,18 +76,19 @@ class GRPOControlConfig:
     """Weight of the k3 KL penalty to the reference (initial) policy; 0 disables it."""
     ent_coef: float = 0.0
     """Weight of the entropy bonus."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clipping threshold."""
+    max_grad_norm: float | None = 0.5
+    """Global gradient-norm clipping threshold; ``None`` or ``0`` turns clipping off."""
     scale: str = "group"
     """Advantage scaling: 'group' (GRPO), 'batch' or 'none' (Dr. GRPO, centring only)."""
     hidden: tuple[int, ...] = (64, 64)
-    """Hidden layer sizes of the policy."""
+    """Hidden layer sizes of the policy (at least one layer)."""
     device: str = "cpu"
-    """Torch device."""
+    """Torch device ("cpu", "cuda", "cuda:N"); an unavailable device is an error before training."""
     torch_threads: int | None = 1
     """``torch.set_num_threads`` during training; None leaves it."""
     checkpoint_path: str | None = None
-    """Where to save checkpoints (atomic); None disables them."""
+    """Where to save checkpoints (atomic; also on Ctrl-C/SIGTERM); None disables them. ``train(cfg, resume=True)``
+    continues from it; a fresh run refuses to overwrite an existing one unless ``overwrite=True``."""
     checkpoint_every: int = 50_000
     """Save a checkpoint every this many environment steps (and at the end)."""
     log_path: str | None = None
@@ -100,13 +107,16 @@ def _validate(cfg: GRPOControlConfig) -> None:
         raise ValueError(f"group_size must be an integer >= 2 (GRPO normalises returns within a group; a group "
                          f"of one has no spread), got {cfg.group_size!r}")
     for name in ("total_timesteps", "num_groups", "update_epochs", "num_minibatches", "checkpoint_every"):
-        v = getattr(cfg, name)
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_positive_int(name, getattr(cfg, name))
+    check_seed(cfg.seed)
+    check_torch_threads(cfg.torch_threads)
+    cfg.hidden = check_hidden(cfg.hidden)
+    resolve_device(cfg.device)
     check_positive("learning_rate", cfg.learning_rate)
     check_positive("clip_coef", cfg.clip_coef)
     check_positive("beta", cfg.beta, allow_zero=True)
-    check_positive("max_grad_norm", cfg.max_grad_norm)
+    check_positive("ent_coef", cfg.ent_coef, allow_zero=True)
+    check_max_grad_norm(cfg.max_grad_norm)
     if cfg.scale not in ("group", "batch", "none"):
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {cfg.scale!r}")
 
@@ -155,20 +165,30 @@ def collect_groups(envs: list, policy: nn.Module, reset_seeds: list[int], group_
             "episode": torch.cat(buf_ep), "returns": returns, "lengths": lengths, "end_order": end_order}
 
 
-def train(cfg: GRPOControlConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train GRPO on a control task; returns :class:`rlcore.algos.TrainResult` (agent = the policy)."""
+def train(cfg: GRPOControlConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
+    """Train GRPO on a control task; returns :class:`rlcore.algos.TrainResult` (agent = the policy).
+    ``resume``, ``overwrite`` and Ctrl-C as in :func:`rlcore.algos.ppo.train` (see :mod:`rlcore.lifecycle`)."""
     _validate(cfg)
+    device = resolve_device(cfg.device)
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
     t0 = time.perf_counter()
-    device = torch.device(cfg.device)
     # CPU kernels used here are deterministic already (tested); asking torch for deterministic
     # algorithms imports torch._inductor (seconds), so only do it where it matters (CUDA)
     seed_everything(cfg.seed, deterministic=device.type != "cpu")
 
     n_envs = cfg.num_groups * cfg.group_size
     envs = [make_env(cfg.env_id) for _ in range(n_envs)]
-    require_discrete_or_box(envs[0].action_space, "GRPO", cfg.env_id)
+    try:
+        require_discrete_or_box(envs[0].action_space, "GRPO", cfg.env_id)
+        require_flat_box_observations(envs[0].observation_space, "GRPO", cfg.env_id)
+        state = begin_run(cfg, "grpo_control", resume=resume, overwrite=overwrite, safe=RESUME_SAFE_FIELDS,
+                          required=["policy", "optimizer", "history", "rng", "seed_rng", "shuffle_gen", "envs",
+                                    "global_step"], map_location=device)
+    except BaseException:
+        for env in envs:
+            env.close()
+        raise
     for i, env in enumerate(envs):
         env.action_space.seed(cfg.seed + i)
     policy = make_policy(envs[0].observation_space, envs[0].action_space, cfg.hidden).to(device)
@@ -178,9 +198,8 @@ def train(cfg: GRPOControlConfig, *, resume: bool = False, progress: bool = True
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
 
     history, global_step = History(), 0
-    ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
-    if resume and ckpt is not None and ckpt.exists():
-        state = load_resume_checkpoint(ckpt, "grpo_control", cfg.env_id, map_location=device)
+    ckpt = cfg.checkpoint_path
+    if state is not None:
         policy.load_state_dict(state["policy"])
         if reference is not None:
             reference.load_state_dict(state["reference"])
@@ -191,7 +210,10 @@ def train(cfg: GRPOControlConfig, *, resume: bool = False, progress: bool = True
         shuffle_gen.set_state(state["shuffle_gen"])
         envs = pickle.loads(state["envs"])
         global_step = state["global_step"]
-    logger = JSONLLogger(cfg.log_path, append=resume)
+        if global_step >= cfg.total_timesteps:
+            notice(f"the checkpoint is at step {global_step}, which already reaches total_timesteps="
+                   f"{cfg.total_timesteps}: nothing left to train (pass a larger total to extend the run)")
+    logger = open_log(cfg.log_path, global_step if state is not None else None)
 
     def save():
         if ckpt is not None:
@@ -204,71 +226,85 @@ def train(cfg: GRPOControlConfig, *, resume: bool = False, progress: bool = True
 
     bar = progress_bar(total=cfg.total_timesteps, initial=global_step, desc=f"GRPO {cfg.env_id}",
                        disable=None if progress else True)
-    last_save = global_step
-    while global_step < cfg.total_timesteps:
-        # ---- 1. groups of G episodes from the same reset seed
-        reset_seeds = seed_rng.integers(0, 2**31 - 1, size=cfg.num_groups).tolist()
-        data = collect_groups(envs, policy, reset_seeds, cfg.group_size, device)
-        for j, steps_then in data["end_order"]:
-            step = global_step + steps_then
-            history.log(step, episode_return=data["returns"][j], episode_length=data["lengths"][j])
-            logger.log(step, episode_return=float(data["returns"][j]), episode_length=int(data["lengths"][j]))
-        n_steps = int(data["lengths"].sum())
-        global_step += n_steps
+    with GracefulInterrupt() as stop:
+        while global_step < cfg.total_timesteps:
+            # ---- 1. groups of G episodes from the same reset seed
+            reset_seeds = seed_rng.integers(0, 2**31 - 1, size=cfg.num_groups).tolist()
+            data = collect_groups(envs, policy, reset_seeds, cfg.group_size, device)
+            for j, steps_then in data["end_order"]:
+                step = global_step + steps_then
+                history.log(step, episode_return=data["returns"][j], episode_length=data["lengths"][j])
+                logger.log(step, episode_return=float(data["returns"][j]), episode_length=int(data["lengths"][j]))
+            n_steps = int(data["lengths"].sum())
+            global_step += n_steps
 
-        # ---- 2. group-normalised advantage of each episode, copied to all of its steps
-        ep_returns = torch.as_tensor(data["returns"], dtype=torch.float32).view(cfg.num_groups, cfg.group_size)
-        ep_adv = group_normalized_advantages(ep_returns, scale=cfg.scale).flatten().to(device)
-        zero_share = float(zero_variance_groups(ep_returns).float().mean())
-        advantages = ep_adv[data["episode"].to(device)]
-        obs, actions, old_logp = data["obs"], data["actions"], data["logprobs"]
-        if reference is not None:
-            with torch.no_grad():
-                ref_logp = log_prob(reference.distribution(obs), actions)
+            # ---- 2. group-normalised advantage of each episode, copied to all of its steps
+            ep_returns = torch.as_tensor(data["returns"], dtype=torch.float32).view(cfg.num_groups, cfg.group_size)
+            ep_adv = group_normalized_advantages(ep_returns, scale=cfg.scale).flatten().to(device)
+            zero_share = float(zero_variance_groups(ep_returns).float().mean())
+            advantages = ep_adv[data["episode"].to(device)]
+            obs, actions, old_logp = data["obs"], data["actions"], data["logprobs"]
+            if reference is not None:
+                with torch.no_grad():
+                    ref_logp = log_prob(reference.distribution(obs), actions)
 
-        # ---- 3. clipped surrogate over all steps (token-level mean), no critic
-        mb_size = max(1, -(-n_steps // cfg.num_minibatches))
-        kls, clipfracs, kl_refs = [], [], []
-        for _ in range(cfg.update_epochs):
-            perm = torch.randperm(n_steps, generator=shuffle_gen).to(device)
-            for start in range(0, n_steps, mb_size):
-                mb = perm[start:start + mb_size]
-                dist = policy.distribution(obs[mb])
-                newlogp = log_prob(dist, actions[mb])
-                loss = clipped_surrogate_loss(newlogp, old_logp[mb], advantages[mb], cfg.clip_coef)
-                ent = entropy(dist).mean()
-                loss = loss - cfg.ent_coef * ent
-                if reference is not None:
-                    kl_ref = kl_k3(newlogp, ref_logp[mb]).mean()
-                    loss = loss + cfg.beta * kl_ref
-                    kl_refs.append(kl_ref.item())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                kls.append(float(approx_kl(newlogp, old_logp[mb])))
-                clipfracs.append(float(clip_fraction(newlogp, old_logp[mb], cfg.clip_coef)))
+            # ---- 3. clipped surrogate over all steps (token-level mean), no critic
+            mb_size = max(1, -(-n_steps // cfg.num_minibatches))
+            kls, clipfracs, kl_refs = [], [], []
+            for _ in range(cfg.update_epochs):
+                perm = torch.randperm(n_steps, generator=shuffle_gen).to(device)
+                for start in range(0, n_steps, mb_size):
+                    mb = perm[start:start + mb_size]
+                    dist = policy.distribution(obs[mb])
+                    newlogp = log_prob(dist, actions[mb])
+                    loss = clipped_surrogate_loss(newlogp, old_logp[mb], advantages[mb], cfg.clip_coef)
+                    ent = entropy(dist).mean()
+                    loss = loss - cfg.ent_coef * ent
+                    if reference is not None:
+                        kl_ref = kl_k3(newlogp, ref_logp[mb]).mean()
+                        loss = loss + cfg.beta * kl_ref
+                        kl_refs.append(kl_ref.item())
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    clip_grad_norm(policy.parameters(), cfg.max_grad_norm)  # None / 0: no clipping
+                    optimizer.step()
+                    kls.append(float(approx_kl(newlogp, old_logp[mb])))
+                    clipfracs.append(float(clip_fraction(newlogp, old_logp[mb], cfg.clip_coef)))
 
-        metrics = dict(policy_loss=loss.item(), entropy=ent.item(), approx_kl=float(np.mean(kls)),
-                       clip_fraction=float(np.mean(clipfracs)), zero_variance_share=zero_share,
-                       group_return_mean=float(ep_returns.mean()), group_return_std=float(ep_returns.std(1).mean()),
-                       kl_ref=float(np.mean(kl_refs)) if kl_refs else None, wall_seconds=time.perf_counter() - t0)
-        history.log(global_step, **metrics)
-        logger.log(global_step, **{k: v for k, v in metrics.items() if v is not None})
-        bar.update(n_steps)
-        bar.set_postfix(ret=f"{ep_returns.mean():.1f}")
-        if ckpt is not None and global_step - last_save >= cfg.checkpoint_every:
-            save()
-            last_save = global_step
+            metrics = dict(policy_loss=loss.item(), entropy=ent.item(), approx_kl=float(np.mean(kls)),
+                           clip_fraction=float(np.mean(clipfracs)), zero_variance_share=zero_share,
+                           group_return_mean=float(ep_returns.mean()), group_return_std=float(ep_returns.std(1).mean()),
+                           kl_ref=float(np.mean(kl_refs)) if kl_refs else None, wall_seconds=time.perf_counter() - t0)
+            history.log(global_step, **metrics)
+            logger.log(global_step, **{k: v for k, v in metrics.items() if v is not None})
+            bar.update(n_steps)
+            bar.set_postfix(ret=f"{ep_returns.mean():.1f}")
+            # checkpoint after the update that crosses each checkpoint_every mark; Ctrl-C: save and stop
+            if global_step // cfg.checkpoint_every > (global_step - n_steps) // cfg.checkpoint_every \
+                    and global_step < cfg.total_timesteps and not stop.requested:
+                save()
+            if stop.requested:
+                break
 
     save()
     bar.close()
     logger.close()
     for env in envs:
         env.close()
+    if stop.requested:
+        raise stop.interrupted(ckpt, global_step)
     return TrainResult(history=history, agent=policy, config=cfg, env_steps=global_step,
                        wall_seconds=time.perf_counter() - t0)
 
+
+def load_agent(state: dict, device: str = "cpu") -> nn.Module:
+    """The trained policy of a GRPO checkpoint."""
+    cfg = state["config"]
+    env = make_env(cfg["env_id"])
+    policy = make_policy(env.observation_space, env.action_space, tuple(cfg["hidden"]))
+    env.close()
+    policy.load_state_dict(state["policy"])
+    return policy.to(device).eval()
 
 
 def act(agent: nn.Module, obs, deterministic: bool = True):

@@ -28,24 +28,25 @@ from __future__ import annotations
 
 import pickle
 import time
-import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from rlcore.envs import is_discrete, make_env, obs_dim, require_discrete_or_box
+from rlcore.envs import is_discrete, make_env, obs_dim, require_discrete_or_box, require_flat_box_observations
+from rlcore.lifecycle import GracefulInterrupt, check_max_grad_norm, clip_grad_norm
 from rlcore.losses import explained_variance, reinforce_loss, value_loss
 from rlcore.networks import ValueNetwork, entropy, log_prob, make_policy
 from rlcore.returns import discounted_returns
-from rlcore.training import History, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlcore.training import History, rng_state, save_checkpoint, set_rng_state
 from rlcore.training import progress as progress_bar
-from rlcore.utils import check_positive, check_probability, get_device, seed_everything
+from rlcore.utils import check_positive, check_probability, seed_everything
 
-from . import TrainResult, evaluate, open_log
+from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed, evaluate, notice,
+               open_log, resolve_device)
 
-__all__ = ["ReinforceConfig", "collect_episodes", "train", "act"]
+__all__ = ["ReinforceConfig", "RESUME_SAFE_FIELDS", "collect_episodes", "train", "act", "load_agent"]
 
 
 @dataclass
@@ -58,7 +59,8 @@ class ReinforceConfig:
     seed: int = 1
     """Seed of the environments, the network initialisation and the action sampling."""
     total_timesteps: int = 300_000
-    """Environment steps to train for (the last batch of whole episodes may run past it)."""
+    """Environment steps to train for (the last batch of whole episodes may run past it). Resuming with a
+    larger total extends a run (REINFORCE has no schedule)."""
     learning_rate: float = 2e-3
     """Adam step size of the policy."""
     episodes_per_update: int = 8
@@ -77,10 +79,10 @@ class ReinforceConfig:
     """With a value baseline, end the return of a time-limit-truncated episode with ``gamma V(s_T)`` instead of 0."""
     ent_coef: float = 0.0
     """Weight of an entropy bonus (0 is textbook REINFORCE)."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clipping threshold of both networks (``inf`` disables clipping)."""
+    max_grad_norm: float | None = 1.0
+    """Gradient-norm clipping threshold of both networks; ``None`` or ``0`` (or ``inf``) turns clipping off."""
     hidden: tuple[int, ...] = (64, 64)
-    """Hidden layer sizes of the policy and value MLPs (tanh)."""
+    """Hidden layer sizes of the policy and value MLPs (tanh; at least one layer)."""
     log_std_init: float = 0.0
     """Initial log standard deviation of a Gaussian policy (continuous actions only)."""
     eval_every: int = 0
@@ -88,9 +90,10 @@ class ReinforceConfig:
     eval_episodes: int = 10
     """Episodes per evaluation."""
     device: str = "cpu"
-    """Torch device of the networks."""
+    """Torch device of the networks ("cuda" needs CUDA)."""
     checkpoint_path: str | None = None
-    """File for atomic checkpoints (``None``: no checkpoints). ``train(..., resume=True)`` continues from it."""
+    """File for atomic checkpoints, also written on Ctrl-C/SIGTERM (``None``: no checkpoints).
+    ``train(..., resume=True)`` continues from it; a fresh run refuses to overwrite it unless ``overwrite=True``."""
     checkpoint_every: int = 20_000
     """Environment steps between checkpoints (written after the update that crosses the mark, and at the end)."""
     log_path: str | None = None
@@ -98,20 +101,25 @@ class ReinforceConfig:
 
     def __post_init__(self):
         for name in ("total_timesteps", "episodes_per_update", "vf_iters", "eval_episodes", "checkpoint_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"ReinforceConfig.{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"ReinforceConfig.eval_every must be an integer >= 0, got {self.eval_every!r}")
+            check_positive_int(f"ReinforceConfig.{name}", getattr(self, name))
+        check_positive_int("ReinforceConfig.eval_every", self.eval_every, allow_zero=True)
+        check_seed(self.seed)
+        self.hidden = check_hidden(self.hidden)
         check_positive("learning_rate", self.learning_rate)
         check_positive("vf_learning_rate", self.vf_learning_rate)
         check_positive("ent_coef", self.ent_coef, allow_zero=True)
         check_probability("gamma", self.gamma)
-        if not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 (float('inf') disables clipping), got {self.max_grad_norm!r}")
+        check_max_grad_norm(self.max_grad_norm)
         if self.baseline not in ("none", "value"):
             raise ValueError(f"baseline must be 'none' or 'value', got {self.baseline!r}")
-        self.hidden = tuple(self.hidden)
+
+
+RESUME_SAFE_FIELDS = {
+    **RESUME_SAFE,
+    "eval_every": "only the deterministic evaluations (separate environments) change; training is unaffected",
+    "eval_episodes": "only the deterministic evaluations (separate environments) change; training is unaffected",
+}
+"""Config fields a resumed REINFORCE run may change, with what the change does; any other change is refused."""
 
 
 def act(agent: nn.Module, obs, deterministic: bool = True):
@@ -173,25 +181,44 @@ def collect_episodes(envs: list, obs: np.ndarray, policy: nn.Module, device) -> 
 
 
 # --------------------------------------------------------------------- training
-def train(cfg: ReinforceConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train REINFORCE; returns :class:`rlcore.algos.TrainResult` with metrics ``episode_return``,
-    ``episode_length``, ``policy_loss``, ``entropy``, ``grad_norm`` (and ``value_loss``,
-    ``explained_variance`` with a baseline; ``eval_return`` if ``eval_every``)."""
-    if not isinstance(cfg, ReinforceConfig):
-        raise TypeError(f"train expects a ReinforceConfig, got {type(cfg).__name__}")
-    t0 = time.time()
-    seed_everything(cfg.seed)
-    device = get_device(cfg.device)
-
-    envs = [make_env(cfg.env_id) for _ in range(cfg.episodes_per_update)]
-    require_discrete_or_box(envs[0].action_space, "REINFORCE", cfg.env_id)
-    obs_space, act_space = envs[0].observation_space, envs[0].action_space
-    policy = make_policy(obs_space, act_space, cfg.hidden,
-                         **({} if is_discrete(act_space) else {"log_std_init": cfg.log_std_init})).to(device)
+def _make_policy(obs_space, act_space, cfg_hidden, log_std_init, device):
+    policy = make_policy(obs_space, act_space, cfg_hidden,
+                         **({} if is_discrete(act_space) else {"log_std_init": log_std_init})).to(device)
     low, high = ((torch.zeros(0), torch.zeros(0)) if is_discrete(act_space) else
                  (torch.as_tensor(act_space.low, dtype=torch.float32), torch.as_tensor(act_space.high, dtype=torch.float32)))
     policy.register_buffer("action_low", low.to(device))
     policy.register_buffer("action_high", high.to(device))
+    return policy
+
+
+def train(cfg: ReinforceConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
+    """Train REINFORCE; returns :class:`rlcore.algos.TrainResult` with metrics ``episode_return``,
+    ``episode_length``, ``policy_loss``, ``entropy``, ``grad_norm`` (and ``value_loss``,
+    ``explained_variance`` with a baseline; ``eval_return`` if ``eval_every``).
+
+    ``resume=True`` continues from ``cfg.checkpoint_path`` (an error if there is none); a fresh run
+    refuses to replace an earlier run's files unless ``overwrite=True``; Ctrl-C (SIGINT) or SIGTERM
+    stops after the current update, writes the checkpoint and raises
+    :class:`rlcore.lifecycle.TrainingInterrupted`. See :mod:`rlcore.lifecycle`."""
+    if not isinstance(cfg, ReinforceConfig):
+        raise TypeError(f"train expects a ReinforceConfig, got {type(cfg).__name__}")
+    t0 = time.time()
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    envs = [make_env(cfg.env_id) for _ in range(cfg.episodes_per_update)]
+    try:
+        require_discrete_or_box(envs[0].action_space, "REINFORCE", cfg.env_id)
+        require_flat_box_observations(envs[0].observation_space, "REINFORCE", cfg.env_id)
+        state = begin_run(cfg, "reinforce", resume=resume, overwrite=overwrite, safe=RESUME_SAFE_FIELDS,
+                          map_location=device, required=["global_step", "n_updates", "policy", "optimizer", "value_net",
+                                                         "vf_optimizer", "history", "rng", "envs", "obs"])
+    except BaseException:
+        for e in envs:
+            e.close()
+        raise
+    obs_space, act_space = envs[0].observation_space, envs[0].action_space
+    policy = _make_policy(obs_space, act_space, cfg.hidden, cfg.log_std_init, device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     value_net = vf_optimizer = None
     if cfg.baseline == "value":
@@ -201,24 +228,22 @@ def train(cfg: ReinforceConfig, *, resume: bool = False, progress: bool = True) 
     obs = np.stack([e.reset(seed=cfg.seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
     for i, e in enumerate(envs):
         e.action_space.seed(cfg.seed + i)
-    global_step, n_updates, resumed = 0, 0, False
+    global_step, n_updates = 0, 0
 
-    if resume and cfg.checkpoint_path:
-        try:
-            ckpt = load_checkpoint(cfg.checkpoint_path, map_location=device)
-        except FileNotFoundError:
-            warnings.warn(f"no checkpoint at {cfg.checkpoint_path!r}; training from scratch", stacklevel=2)
-        else:
-            policy.load_state_dict(ckpt["policy"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if value_net is not None:
-                value_net.load_state_dict(ckpt["value_net"])
-                vf_optimizer.load_state_dict(ckpt["vf_optimizer"])
-            history.load_state_dict(ckpt["history"])
-            set_rng_state(ckpt["rng"])
-            envs, obs = pickle.loads(ckpt["envs"]), ckpt["obs"]
-            global_step, n_updates, resumed = ckpt["global_step"], ckpt["n_updates"], True
-    logger = open_log(cfg.log_path, global_step if resumed else None)
+    if state is not None:
+        policy.load_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        if value_net is not None:
+            value_net.load_state_dict(state["value_net"])
+            vf_optimizer.load_state_dict(state["vf_optimizer"])
+        history.load_state_dict(state["history"])
+        set_rng_state(state["rng"])
+        envs, obs = pickle.loads(state["envs"]), state["obs"]
+        global_step, n_updates = state["global_step"], state["n_updates"]
+        if global_step >= cfg.total_timesteps:
+            notice(f"the checkpoint is at step {global_step}, which already reaches total_timesteps="
+                   f"{cfg.total_timesteps}: nothing left to train (pass a larger total to extend the run)")
+    logger = open_log(cfg.log_path, global_step if state is not None else None)
 
     def log(step: int, **metrics):
         history.log(step, **metrics)
@@ -226,7 +251,7 @@ def train(cfg: ReinforceConfig, *, resume: bool = False, progress: bool = True) 
 
     def checkpoint():
         save_checkpoint(cfg.checkpoint_path, {
-            "config": cfg, "global_step": global_step, "n_updates": n_updates,
+            "algo": "reinforce", "config": asdict(cfg), "global_step": global_step, "n_updates": n_updates,
             "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
             "value_net": None if value_net is None else value_net.state_dict(),
             "vf_optimizer": None if vf_optimizer is None else vf_optimizer.state_dict(),
@@ -235,74 +260,91 @@ def train(cfg: ReinforceConfig, *, resume: bool = False, progress: bool = True) 
 
     bar = progress_bar(total=cfg.total_timesteps, initial=global_step, desc=f"REINFORCE {cfg.env_id}",
                        disable=None if progress else True)
-    while global_step < cfg.total_timesteps:
-        # 1. collect whole episodes with the current policy
-        episodes, obs, steps = collect_episodes(envs, obs, policy, device)
-        for ep in sorted(episodes, key=lambda e: e["end_step"]):
-            log(global_step + ep["end_step"], episode_return=float(ep["rewards"].sum()),
-                episode_length=len(ep["rewards"]))
-        global_step += steps
+    with GracefulInterrupt() as stop:
+        while global_step < cfg.total_timesteps:
+            # 1. collect whole episodes with the current policy
+            episodes, obs, steps = collect_episodes(envs, obs, policy, device)
+            for ep in sorted(episodes, key=lambda e: e["end_step"]):
+                log(global_step + ep["end_step"], episode_return=float(ep["rewards"].sum()),
+                    episode_length=len(ep["rewards"]))
+            global_step += steps
 
-        # 2. reward-to-go G_t of every step (eq-discounted-return); a truncated episode may bootstrap
-        returns = []
-        for ep in episodes:
-            last_value = None
-            if ep["truncated"] and value_net is not None and cfg.bootstrap_truncated:
+            # 2. reward-to-go G_t of every step (eq-discounted-return); a truncated episode may bootstrap
+            returns = []
+            for ep in episodes:
+                last_value = None
+                if ep["truncated"] and value_net is not None and cfg.bootstrap_truncated:
+                    with torch.no_grad():
+                        # V(s_T) of the final observation; discounted_returns applies the gamma itself
+                        last_value = value_net(torch.as_tensor(ep["final_obs"], device=device))
+                returns.append(discounted_returns(ep["rewards"], cfg.gamma, last_value=last_value))
+            b_obs = torch.cat([ep["obs"] for ep in episodes])
+            b_actions = torch.cat([ep["actions"] for ep in episodes])
+            b_returns = torch.cat(returns)
+
+            # 3. weights G_t - b(s_t) (eq-reinforce-baseline)
+            if value_net is not None:
                 with torch.no_grad():
-                    # V(s_T) of the final observation; discounted_returns applies the gamma itself
-                    last_value = value_net(torch.as_tensor(ep["final_obs"], device=device))
-            returns.append(discounted_returns(ep["rewards"], cfg.gamma, last_value=last_value))
-        b_obs = torch.cat([ep["obs"] for ep in episodes])
-        b_actions = torch.cat([ep["actions"] for ep in episodes])
-        b_returns = torch.cat(returns)
+                    b_values = value_net(b_obs)
+                advantages = b_returns - b_values
+            else:
+                advantages = b_returns.clone()
+            if cfg.normalize_advantages and len(advantages) > 1:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
-        # 3. weights G_t - b(s_t) (eq-reinforce-baseline)
-        if value_net is not None:
-            with torch.no_grad():
-                b_values = value_net(b_obs)
-            advantages = b_returns - b_values
-        else:
-            advantages = b_returns.clone()
-        if cfg.normalize_advantages and len(advantages) > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            # 4. one policy-gradient step on the score-function loss (eq-reinforce)
+            dist = policy.distribution(b_obs)
+            ent = entropy(dist).mean()
+            pg_loss = reinforce_loss(log_prob(dist, b_actions), advantages)
+            loss = pg_loss - cfg.ent_coef * ent
+            optimizer.zero_grad()
+            loss.backward()
+            grad_norm = clip_grad_norm(policy.parameters(), cfg.max_grad_norm)  # None / 0: no clipping
+            optimizer.step()
+            n_updates += 1
+            metrics = {"policy_loss": pg_loss.item(), "entropy": ent.item(), "grad_norm": float(grad_norm)}
 
-        # 4. one policy-gradient step on the score-function loss (eq-reinforce)
-        dist = policy.distribution(b_obs)
-        ent = entropy(dist).mean()
-        pg_loss = reinforce_loss(log_prob(dist, b_actions), advantages)
-        loss = pg_loss - cfg.ent_coef * ent
-        optimizer.zero_grad()
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        n_updates += 1
-        metrics = {"policy_loss": pg_loss.item(), "entropy": ent.item(), "grad_norm": float(grad_norm)}
+            # 5. fit the baseline to the returns (eq-value-loss)
+            if value_net is not None:
+                for _ in range(cfg.vf_iters):
+                    v_loss = value_loss(value_net(b_obs), b_returns)
+                    vf_optimizer.zero_grad()
+                    v_loss.backward()
+                    clip_grad_norm(value_net.parameters(), cfg.max_grad_norm)
+                    vf_optimizer.step()
+                metrics.update(value_loss=v_loss.item(), explained_variance=explained_variance(b_values, b_returns))
+            log(global_step, **metrics)
 
-        # 5. fit the baseline to the returns (eq-value-loss)
-        if value_net is not None:
-            for _ in range(cfg.vf_iters):
-                v_loss = value_loss(value_net(b_obs), b_returns)
-                vf_optimizer.zero_grad()
-                v_loss.backward()
-                nn.utils.clip_grad_norm_(value_net.parameters(), cfg.max_grad_norm)
-                vf_optimizer.step()
-            metrics.update(value_loss=v_loss.item(), explained_variance=explained_variance(b_values, b_returns))
-        log(global_step, **metrics)
-
-        # 6. evaluation and checkpoints (after the update that crosses each mark)
-        if cfg.eval_every and global_step // cfg.eval_every > (global_step - steps) // cfg.eval_every:
-            ev = evaluate(lambda o: act(policy, o), cfg.env_id, cfg.eval_episodes, seed=cfg.seed + 100_000)
-            log(global_step, eval_return=float(ev.mean()), eval_return_std=float(ev.std()))
-        if cfg.checkpoint_path and global_step // cfg.checkpoint_every > (global_step - steps) // cfg.checkpoint_every:
-            checkpoint()
-        bar.update(steps)
-        bar.set_postfix(episode_return=f"{history.last('episode_return'):.1f}")
+            # 6. evaluation and checkpoints (after the update that crosses each mark; also when Ctrl-C asked to stop)
+            if cfg.eval_every and global_step // cfg.eval_every > (global_step - steps) // cfg.eval_every:
+                ev = evaluate(lambda o: act(policy, o), cfg.env_id, cfg.eval_episodes, seed=cfg.seed + 100_000)
+                log(global_step, eval_return=float(ev.mean()), eval_return_std=float(ev.std()))
+            if cfg.checkpoint_path and (stop.requested or global_step // cfg.checkpoint_every
+                                        > (global_step - steps) // cfg.checkpoint_every):
+                checkpoint()
+            bar.update(steps)
+            bar.set_postfix(episode_return=f"{history.last('episode_return'):.1f}")
+            if stop.requested:
+                break
 
     bar.close()
-    if cfg.checkpoint_path:
+    if cfg.checkpoint_path and not stop.requested:
         checkpoint()
     logger.close()
     for e in envs:
         e.close()
+    if stop.requested:
+        raise stop.interrupted(cfg.checkpoint_path, global_step)
     return TrainResult(history=history, agent=policy, config=cfg, env_steps=global_step,
                        wall_seconds=time.time() - t0)
+
+
+def load_agent(state: dict, device: str = "cpu") -> nn.Module:
+    """The trained policy of a REINFORCE checkpoint (with its action bounds; act with :func:`act`)."""
+    cfg = state["config"]
+    env = make_env(cfg["env_id"])
+    policy = _make_policy(env.observation_space, env.action_space, tuple(cfg["hidden"]), cfg.get("log_std_init", 0.0),
+                          "cpu")
+    env.close()
+    policy.load_state_dict(state["policy"])
+    return policy.to(device).eval()
