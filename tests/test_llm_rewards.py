@@ -10,7 +10,8 @@ from rlcore.llm.rewards import (REFLECTION_WORDS, RewardFunctionError, accuracy_
                                 combine_rewards, compute_rewards, countdown_reward, extract_answer,
                                 extract_code, extract_think, format_components, format_reward,
                                 language_consistency, language_consistency_reward, partial_format_reward,
-                                reflection_count, reflection_rate, safe_eval_arithmetic, think_length)
+                                reflection_count, reflection_rate, safe_eval_arithmetic, split_words,
+                                think_length)
 from rlcore.llm.tasks import as_columns, countdown_dataset
 from rlcore.exercise_checks.ch07 import HACKING_CASES
 
@@ -82,16 +83,19 @@ def test_partial_format_reward_is_shaped_and_consistent():
 
 # ------------------------------------------------------------------ language consistency
 def test_language_consistency_on_mixed_text():
-    # English words: First, I, add, and, so, the, sum, is  (8); Korean words: 그러면, 이다 (2); numbers ignored
+    # English words: First, add, and, so, the, sum, is (7); Korean words: 그러면, 이다 (2); numbers are
+    # neutral, and so is the single letter "I" (single Latin letters are variables: x, y, a, ...)
     text = "First I add 3 and 4, 그러면 so the sum is 7 이다."
-    assert language_consistency(text, "en") == pytest.approx(8 / 10)
-    assert language_consistency(text, "ko") == pytest.approx(2 / 10)
+    assert language_consistency(text, "en") == pytest.approx(7 / 9)
+    assert language_consistency(text, "ko") == pytest.approx(2 / 9)
     # Chinese characters are one word each: Let, me, this (3 English) + 计, 算 (2 Han)
     assert language_consistency("Let me 计算 this", "en") == pytest.approx(3 / 5)
     assert language_consistency("Let me 计算 this", "zh") == pytest.approx(2 / 5)
     assert language_consistency("Это просто check", "ru") == pytest.approx(2 / 3)
-    # word list: Wir, und, dann are German function words; "addieren" passes as (ASCII) English
-    assert language_consistency("Wir addieren und dann", "en") == pytest.approx(1 / 4)
+    # German: "Wir", "und", "dann" are German words and "addieren" is no English word at all (the former
+    # word list let "addieren" pass as English, for 1/4)
+    assert language_consistency("Wir addieren und dann", "en") == 0.0
+    assert language_consistency("Wir addieren und dann", "de") == 1.0
     assert language_consistency("12 + 30 = 42", "en") == 0.0
     with pytest.raises(ValueError, match="target_lang"):
         language_consistency("x", "klingon")
@@ -102,8 +106,110 @@ def test_language_consistency_reward_scores_only_the_thinking():
                    "add them 더하기</think><answer>5</answer>",
                    "<think>모두 한국어</think><answer>5</answer>"]
     r = language_consistency_reward(None, completions, target_lang="en", prefilled_think=[False, True, False])
-    assert r == pytest.approx([3 / 4, 2 / 3, 0.0])
+    assert r == pytest.approx([2 / 3, 2 / 3, 0.0])  # "I" is neutral: add, check (English) and 그리고
     assert language_consistency_reward(None, completions[2:], target_lang="ko") == [1.0]
+
+
+# Labelled examples: what the reward must give (targets of the hardening issue), in the styles chapter 8
+# uses (sft.cot_trace, sft.mix_languages) and in the styles a policy could game it with.
+ENGLISH = [
+    "First add the ones: 8 + 4 = 12, write 2 and carry 1.",
+    "ones 7+0=7 write 7\ntens 4+5=9 write 9",
+    "We need 36 + 80.\nAdd the ones: 6 + 0 = 6, write 6.\nAdd the tens: 3 + 8 = 11, write 1 and carry 1.\n"
+    "Bring down the last carry 1.\nSo 36 + 80 = 116.",
+    "Wait, let me check that again: 36 + 80 = 116, so the answer is 116.",
+    "Hmm, that was a mistake. I should have subtracted instead of adding.",
+    "We need to find x such that 3x + 4 = 19, so x = 5.",
+    "It's easy: we don't need to carry here, because 4 + 3 is only 7.",
+    "The quotient is 12 with remainder 3, so the divisor is 5.",
+    "Add the ones then the tens", "So the answer is 12", "carry the one",
+]
+NOT_ENGLISH = {
+    "keyboard mash": ["asdkjh qwpoeiru zxcmvn", "qwerty uiop asdf ghjkl", "jfkdls ghtyru bnvmcx", "asd qwe zxc"],
+    "German": ["Zuerst addieren wir die Einer: 7 + 5 = 12, wir schreiben 2 und merken uns 1.",
+               "Moment, ich prüfe das noch einmal: die Summe ist richtig.", "Das Ergebnis ist 12",
+               "Wir addieren zuerst die Einer und dann die Zehner, das Ergebnis ist zwölf."],
+    "French": ["D'abord, on additionne les unités : 7 + 5 = 12, on écrit 2 et on retient 1.",
+               "La réponse est douze, parce que sept plus cinq font douze.", "Le résultat est 12"],
+    "Spanish": ["Primero sumamos las unidades: 7 + 5 = 12, escribimos 2 y llevamos 1.",
+                "Espera, lo compruebo otra vez: la suma es correcta.", "El resultado es 12"],
+    "Chinese": ["首先把个位相加：7 + 5 = 12，写 2 进 1。", "答案是十二"],
+}
+CODE = ["```python\ndef add(a, b):\n    return a + b\n```",
+        "```\nfor i in range(10):\n    total += i\nprint(total)\n```",
+        "```js\nconst sum = numbers.reduce((a, b) => a + b, 0);\nconsole.log(sum);\n```",
+        "```python\nwhile True:\n    answer = input()",  # never closed: code to the end
+        "Use `total = first + second` and `print(total)`"]
+
+
+@pytest.mark.parametrize("text", ENGLISH)
+def test_language_consistency_clean_english(text):
+    assert language_consistency(text, "en") >= 0.9, text
+
+
+@pytest.mark.parametrize("kind,text", [(k, t) for k, ts in NOT_ENGLISH.items() for t in ts])
+def test_language_consistency_not_english(kind, text):
+    assert language_consistency(text, "en") <= 0.2, (kind, text)
+
+
+@pytest.mark.parametrize("text", CODE)
+def test_language_consistency_code_is_not_prose(text):
+    assert language_consistency(text, "en") <= 0.3, text
+
+
+def test_language_consistency_mixes():
+    from rlcore.llm import sft, tasks
+
+    # 50/50: as many English words as Chinese characters
+    assert language_consistency("Add the 个位 then the 十位", "en") == pytest.approx(0.5)
+    assert language_consistency("Add the 个位 then the 十位", "zh") == pytest.approx(0.5)
+    half = "We add the ones first 我们先把个位相加 and then the tens 然后十位"
+    assert language_consistency(half, "en") == pytest.approx(0.5, abs=0.1)
+    assert language_consistency(half, "zh") == pytest.approx(0.5, abs=0.1)
+    # the mixed traces of chapter 8's cold start
+    q = tasks.arithmetic_dataset(1, digits=2, seed=3)[0]
+    trace = sft.cot_trace(q, prefilled_think=False, style="words")
+    mixed = sft.mix_languages(trace)
+    assert language_consistency_reward(None, [trace]) == [1.0]
+    english, chinese = 0, 0
+    for word, script in split_words(mixed.split("<think>")[1].split("</think>")[0]):
+        english += script == "latin"
+        chinese += script == "han"
+    assert language_consistency_reward(None, [mixed]) == [pytest.approx(english / (english + chinese))]
+    assert language_consistency_reward(None, [mixed], target_lang="zh") == [pytest.approx(chinese / (english + chinese))]
+    # English mixed with German or French in one sentence: the English half counts
+    assert 0.4 <= language_consistency("First we add die Einer, then we add die Zehner.", "en") <= 0.75
+    assert 0.4 <= language_consistency("First add les unités, then add les dizaines.", "en") <= 0.75
+    # prose with a code block: the code's words count against the share
+    prose = "First add the ones, then the tens, and write the sum."
+    with_code = prose + "\n```python\nresult = first + second\nprint(result)\n```"
+    assert language_consistency(prose) == 1.0
+    assert language_consistency(with_code) < 0.75
+
+
+def test_language_consistency_neutral_tokens_and_other_targets():
+    assert language_consistency("12 + 34 = 46", "en") == 0.0  # no words at all: no evidence, no reward
+    assert language_consistency("x + y = 7, so x = 3", "en") == 1.0  # variables are neutral: only "so" counts
+    assert language_consistency("7 + 5 = 12, donc le résultat est 12", "fr") == 1.0
+    assert language_consistency("Zuerst addieren wir die Einer", "de") == 1.0
+    assert language_consistency("First add the ones", "de") <= 0.25
+    # invisible characters do not split or hide words; fullwidth letters are letters
+    assert language_consistency("ca\u200brry the o\u00adnes", "en") == 1.0
+    assert language_consistency("ｃａｒｒｙ the ones", "en") == 1.0
+
+
+def test_language_consistency_is_fast_enough_for_a_grpo_step():
+    import random
+    import time
+
+    rng = random.Random(0)
+    pool = (" ".join(ENGLISH) + " " + " ".join(NOT_ENGLISH["German"])).split()
+    batch = ["<think>" + " ".join(rng.choice(pool) for _ in range(100)) + "</think><answer>5</answer>"
+             for _ in range(64)]
+    language_consistency_reward(None, batch[:1])  # loads the word lists once
+    t0 = time.perf_counter()
+    language_consistency_reward(None, batch)
+    assert time.perf_counter() - t0 < 1.0  # about 0.02 s on the 2-core CPU
 
 
 # ------------------------------------------------------------------ countdown

@@ -16,21 +16,33 @@ import torch
 
 from rlcore.exercises import Case, Mistake, check
 
-__all__ = ["check_language_share", "check_sft_labels", "check_sft_loss"]
+__all__ = ["ascii_word_share", "check_language_share", "check_sft_labels", "check_sft_loss"]
 
 
 # --------------------------------------------------------------------- language consistency
+def ascii_word_share(text: str) -> float:
+    """The exercise's definition of the English share (eq-r1-language-reward): words as in
+    :func:`rlcore.llm.rewards.split_words`, a word is English when it is written in ASCII letters;
+    0.0 without words. The reference of :func:`check_language_share`."""
+    from rlcore.llm.rewards import split_words
+
+    words = split_words(text)
+    return sum(w.isascii() for w, _ in words) / len(words) if words else 0.0
+
+
 def check_language_share(fn: Callable, raise_on_fail: bool = False) -> bool:
     """Exercise ex-08-language: ``fn(text) -> float`` is the share of the words of ``text`` that
     are English (eq-r1-language-reward), 0.0 when there are no words. A word is a maximal run of
     letters of one script (Hangul, Latin, Cyrillic, ...); every Chinese (Han) or Japanese kana
     character is a word of its own; digits, punctuation and spaces are not words. A word is
-    English when it is written in ASCII letters. (rlcore also excludes a few common German, French
-    and Spanish words; the cases avoid them.) Reference: :func:`rlcore.llm.rewards.language_consistency`."""
-    from rlcore.llm.rewards import NON_ENGLISH_LATIN_WORDS, language_consistency
+    English when it is written in ASCII letters. Reference: :func:`ascii_word_share`.
 
+    rlcore's reward, :func:`rlcore.llm.rewards.language_consistency`, goes further (a Latin word
+    must be a recognisable English word by its frequency in wordfreq's lists, single letters are
+    neutral, code is not prose); every case here is one where the two agree (real English words
+    of two letters or more), so the reward passes this checker too."""
     def case(text, label):
-        return Case({"text": text}, language_consistency(text, "en"), label)
+        return Case({"text": text}, ascii_word_share(text), label)
 
     cases = [
         case("First add the ones, then the tens.", "all English"),
@@ -40,7 +52,7 @@ def check_language_share(fn: Callable, raise_on_fail: bool = False) -> bool:
         case("3 + 4 = 7", "digits and symbols are not words: 0.0"),
         case("", "empty text: 0.0"),
         case("carry1write", "digits split words: 'carry' and 'write'"),
-        case("café au lait", "'café' has a non-ASCII letter"),
+        case("Übertrag and carry", "'Übertrag' has a non-ASCII letter"),
         case("so 일이 + 二 = 三, ok?", "mixed scripts with punctuation"),
         case("Wait, 다시 확인해 보자. 7 + 5 = 12, yes", "a language switch inside the reflection"),
     ]
@@ -48,7 +60,6 @@ def check_language_share(fn: Callable, raise_on_fail: bool = False) -> bool:
     pool = ["add", "the", "ones", "carry", "write", "so", "일", "쓰기", "올림", "自", "然", "数", "число", " ", " ", ", ", "7", "+"]
     for i in range(8):
         text = " ".join(rng.choice(pool) for _ in range(rng.randint(1, 12)))
-        assert not any(w in NON_ENGLISH_LATIN_WORDS for w in text.split())
         cases.append(case(text, f"random text {i + 1}"))
 
     def split_on_spaces(text):
