@@ -8,6 +8,9 @@ Write ``log_ratio = log pi_ref(x) - log pi_theta(x)`` and ``r = exp(log_ratio)``
 * k2 = (log r)^2 / 2        biased, always >= 0, low variance;
 * k3 = r - log r - 1        unbiased (because E[r] = 1) and always >= 0 (since log r <= r - 1).
 
+"Unbiased" is about the *value* for samples drawn from pi_theta. It does not make the gradient of
+the estimator, placed in a loss, an unbiased gradient of KL(pi_theta || pi_ref): the expected
+gradient of k3 is that of KL(pi_ref || pi_theta) (chapter 5's prop-kl-placement, chapter 6).
 k3 is the estimator GRPO puts in its loss (DeepSeekMath, eq. 4).
 """
 from __future__ import annotations
@@ -35,7 +38,7 @@ def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k3 = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1  (eq-kl-k3); >= 0 and unbiased.
+    """k3 = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1  (eq-kl-k3); >= 0, and its value is unbiased for x ~ pi_theta.
 
     ``torch.expm1`` keeps precision when the two policies are close.
     """
