@@ -43,7 +43,8 @@ Test formats (a list per prompt, mixed freely):
   with literal arguments (positional and keyword: anything ``ast.literal_eval`` accepts);
   passes when the result equals ``expected`` under Python's ``==`` on plain data (so
   ``3 == 3.0`` and ``True == 1`` as in an assert, ``[1] != (1,)``, and, unlike Python, nan
-  equals nan).
+  equals nan).  The candidate's code runs as a module named ``solution``, so its
+  ``if __name__ == "__main__":`` block does not run.
 * ``{"call": "parse('x')", "raises": "ValueError"}``: passes when the call raises that
   built-in exception or a subclass of it.
 * ``{"input": "2 3", "output": "5"}``: the program reads stdin; passes when it exits with
@@ -61,6 +62,7 @@ import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Sequence
 
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
@@ -184,6 +186,7 @@ for _i, (_name, _args, _kwargs) in enumerate(_calls):
 '''
 
 
+@lru_cache(maxsize=1)
 def _harness_source() -> str:
     codec = "\n\n".join(inspect.getsource(f) for f in (encode_value, decode_value, _builtin_exception_name))
     return _HARNESS.format(codec=codec, max_chars=MAX_RECORD_CHARS)

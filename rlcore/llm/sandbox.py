@@ -252,7 +252,7 @@ def _init(spec: dict, report, libc) -> None:
     _build_root(spec, libc)
     os.chroot(spec["root"])
     os.chdir(WORKDIR)
-    report("ready", spec["walls"])
+    report("ready", "")
 
     def on_timeout(signum, frame):  # PID 1 ignores signals without a handler, so install one
         report("timeout", "")
@@ -295,7 +295,7 @@ def _launch(spec: dict) -> None:
         libc = _libc()
         if spec["mode"] == "weak":
             os.chdir(spec["workdir"])
-            report("ready", spec["walls"])
+            report("ready", "")
             _exec_program(spec, libc)
         flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
         _check(libc.unshare(flags), "unshare(PID, mount, network, IPC, UTS namespaces)")
@@ -318,7 +318,10 @@ def _is_root() -> bool:
 
 @lru_cache(maxsize=1)
 def _sandbox_python() -> tuple[str, str] | None:
-    """(interpreter, its prefix) that an unprivileged user can run (``sys.executable`` may live under /root)."""
+    """(interpreter, its prefix) that an unprivileged user can run (``sys.executable`` may live under /root).
+
+    The interpreter is returned as its real path: a virtual environment's ``bin/python`` is a
+    link that would not exist inside the private root (and ``-I -S`` ignores the venv anyway)."""
     candidates = [sys.executable, os.path.realpath(sys.executable),
                   getattr(sys, "_base_executable", ""), "/usr/bin/python3", "/usr/local/bin/python3"]
     for cand in dict.fromkeys(c for c in candidates if c and os.path.exists(c)):
@@ -329,17 +332,17 @@ def _sandbox_python() -> tuple[str, str] | None:
         except (OSError, subprocess.SubprocessError):
             continue
         if r.returncode == 0:
-            return cand, r.stdout.strip()
+            return os.path.realpath(cand), r.stdout.strip()
     return None
 
 
 def _extra_ro_dirs(python: str, prefix: str) -> list[str]:
     """Directories to bind into the private root besides SYSTEM_DIRS (an interpreter outside /usr)."""
     extra = []
-    for path in (os.path.dirname(os.path.realpath(python)), os.path.realpath(prefix)):
-        top = path.strip("/").split("/")[0]
-        if path != "/" and top not in SYSTEM_DIRS and not any(path.startswith("/" + e) for e in extra):
-            extra.append(path.strip("/"))
+    for path in sorted({os.path.dirname(python), os.path.realpath(prefix)}, key=len):  # outer dirs first
+        rel = path.strip("/")
+        if rel and rel.split("/")[0] not in SYSTEM_DIRS and not any((rel + "/").startswith(e + "/") for e in extra):
+            extra.append(rel)
     return extra
 
 
@@ -586,7 +589,7 @@ def run_python(code: str, stdin: str = "", timeout_s: float = 2.0, memory_mb: in
                     "fsize_bytes": int(max_file_bytes), "nproc": int(nproc), "uid": uid, "python": python,
                     "workdir": work, "root": os.path.join(priv, "root"), "disk_bytes": int(disk_mb) * 2**20,
                     "extra_ro_dirs": _extra_ro_dirs(*py) if py else [], "timeout_s": float(timeout_s),
-                    "cgroup_procs": cgroups.procs_files() if cgroups else [], "walls": walls}
+                    "cgroup_procs": cgroups.procs_files() if cgroups else []}
             launcher = [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), json.dumps(spec)]
             pass_fds = (status_w, frep.fileno()) if report_bytes > 0 else (status_w,)
             try:
