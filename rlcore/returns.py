@@ -180,7 +180,9 @@ def group_normalized_advantages(rewards, group_size: int | None = None, scale: s
     ``rewards`` is ``[num_groups, G]`` or flat with ``group_size=G`` (consecutive blocks of
     G outputs for the same prompt). ``std`` is the unbiased sample standard deviation.
     ``scale``: ``"group"`` (GRPO), ``"batch"`` (one std over all rewards) or ``"none"``
-    (Dr. GRPO: centre only). A group whose rewards are all equal gets zero advantage.
+    (Dr. GRPO: centre only). A group whose rewards are all equal gets exactly zero advantage,
+    whatever the value, the dtype and ``scale`` (in float32 ``mean`` of eight rewards of 0.1 is not
+    0.1 exactly, and the leftover ``1e-9`` divided by ``std + eps`` would be a spurious signal).
     Output has the shape of the input.
     """
     shape = torch.as_tensor(rewards).shape
@@ -192,7 +194,8 @@ def group_normalized_advantages(rewards, group_size: int | None = None, scale: s
         centred = centred / (r.std() + eps)
     elif scale != "none":
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
-    return centred.reshape(shape)
+    all_equal = (r == r[:, :1]).all(dim=1, keepdim=True)  # exact: no learning signal in this group
+    return centred.masked_fill(all_equal, 0.0).reshape(shape)
 
 
 def zero_variance_groups(rewards, group_size: int | None = None, tol: float = 1e-8) -> torch.Tensor:

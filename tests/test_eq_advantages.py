@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rlcore.returns import (gae, group_normalized_advantages, kstep_advantages, monte_carlo_advantages, td_errors,
                             zero_variance_groups)
@@ -186,6 +188,39 @@ def test_all_equal_group_gives_zero_and_is_counted():
     mask = zero_variance_groups(rewards)
     assert mask.tolist() == [True, False, True]
     assert int(zero_variance_groups(rewards.flatten(), group_size=3).sum()) == 2
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(value=st.floats(allow_nan=False, allow_infinity=False), size=st.integers(2, 40), groups=st.integers(1, 3),
+       dtype=st.sampled_from([torch.float32, torch.float64]), scale=st.sampled_from(["group", "batch", "none"]))
+def test_all_equal_group_is_exactly_zero_for_any_value(value, size, groups, dtype, scale):
+    """In float32, eight rewards of 0.1 have a mean that is not 0.1 exactly: without care the ~1e-9
+    left over, divided by std + eps, became an advantage of ~1e-5 (and of ~1e26 for rewards of 1e30)."""
+    if dtype == torch.float32 and not abs(value) <= 3.4e38:
+        value = math.copysign(3.4e38, value)  # stay inside float32's range (inf is refused as a reward)
+    r = torch.full((groups, size), value, dtype=dtype)
+    adv = group_normalized_advantages(r, scale=scale)
+    assert adv.dtype == dtype and torch.equal(adv, torch.zeros_like(adv))
+    flat = group_normalized_advantages(r.flatten(), group_size=size, scale=scale)
+    assert torch.equal(flat, torch.zeros_like(flat))
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.lists(st.lists(st.sampled_from([0.0, 0.1, 0.2, 1.0, -0.7, 3.3333]), min_size=4, max_size=4),
+                min_size=1, max_size=5), st.sampled_from([torch.float32, torch.float64]),
+       st.sampled_from(["group", "batch", "none"]))
+def test_other_groups_are_unchanged(rows, dtype, scale):
+    """Only all-equal groups are touched: the others get the formula, bit for bit."""
+    r = torch.tensor(rows, dtype=dtype)
+    adv = group_normalized_advantages(r, scale=scale)
+    centred = r - r.mean(dim=1, keepdim=True)
+    formula = {"group": centred / (r.std(dim=1, keepdim=True) + 1e-4), "batch": centred / (r.std() + 1e-4),
+               "none": centred}[scale]
+    for i, row in enumerate(rows):
+        if len(set(row)) == 1:
+            assert torch.equal(adv[i], torch.zeros(4, dtype=dtype))
+        else:
+            assert torch.equal(adv[i], formula[i])
 
 
 def test_group_errors():
