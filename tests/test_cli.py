@@ -39,9 +39,10 @@ def test_unknown_algorithm_and_field(tmp_path, capsys):
     assert main(["train", "a2c"]) != 0
     err = capsys.readouterr().err
     assert "dqn" in err and "reinforce" in err
-    assert main(["train", "dqn", "--set", "learning_rat=1e-3", "--out", str(tmp_path / "x")]) != 0
+    assert main(["train", "dqn", "--set", "learning_rat=1e-3", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "learning_rate" in err and "valid fields" in err
+    assert "learning_rate" in err and "valid fields" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
 
 
 def test_train_help_lists_fields_with_docstrings(capsys):
@@ -52,7 +53,7 @@ def test_train_help_lists_fields_with_docstrings(capsys):
     assert "target_network_frequency" in out and "Vector steps between two target-network updates" in out
 
 
-def test_tiny_reinforce_run_writes_outputs(tmp_path):
+def test_tiny_reinforce_run_writes_outputs(tmp_path, capsys):
     out = tmp_path / "run"
     p = run_cli("train", "reinforce", "--env", "CartPole-v1", "--seed", "1", "--total-timesteps", "2000",
                 "--set", "hidden=16,16", "--set", "episodes_per_update=4", "--out", str(out))
@@ -63,10 +64,17 @@ def test_tiny_reinforce_run_writes_outputs(tmp_path):
     assert (out / "learning_curve.png").stat().st_size > 1000
     assert (out / "checkpoint.pt").exists()
     # --resume continues from the checkpoint (already at the budget: nothing left to do)
-    p = run_cli("train", "reinforce", "--total-timesteps", "2000", "--set", "hidden=16,16",
-                "--set", "episodes_per_update=4", "--out", str(out), "--resume")
-    assert p.returncode == 0, p.stderr
+    args = ["train", "reinforce", "--total-timesteps", "2000", "--set", "hidden=16,16", "--set", "episodes_per_update=4",
+            "--out", str(out), "--no-progress"]
+    assert main(args + ["--resume"]) == 0
+    assert "nothing left to train" in capsys.readouterr().err
     assert len((out / "history.jsonl").read_text().splitlines()) == len(rows)
+    # the same command again refuses to replace the run; --overwrite replaces it (not appends to it)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "earlier run's files exist" in err and "--resume" in err and "--overwrite" in err
+    assert main(args + ["--overwrite"]) == 0
+    assert [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()] == rows
 
 
 def test_set_values_are_converted_with_field_types():
@@ -78,6 +86,14 @@ def test_set_values_are_converted_with_field_types():
         build_config(DQNConfig, {"batch_size": "1.5"})
     with pytest.raises(ValueError, match="boolean"):
         convert_value("maybe", bool, "flag")
+    # integers written as floats are fine when whole; a max_grad_norm of 0 or none turns clipping off
+    assert convert_value("1.5e3", int, "n") == 1500
+    with pytest.raises(ValueError, match="expects an integer"):
+        convert_value("1500.5", int, "n")
+    assert build_config(DQNConfig, {"max_grad_norm": "0"}).max_grad_norm == 0.0
+    assert build_config(DQNConfig, {"max_grad_norm": "none"}).max_grad_norm is None
+    with pytest.raises(ValueError, match="hidden is empty"):
+        build_config(DQNConfig, {"hidden": ""})
 
 
 def test_registry_helpers():

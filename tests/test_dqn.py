@@ -140,6 +140,11 @@ def test_bad_config_raises_clear_errors():
         dqn.DQNConfig(gradient_steps=0)
     with pytest.raises(TypeError, match="DQNConfig"):
         dqn.train({"env_id": "CartPole-v1"})
+    with pytest.raises(ValueError, match="max_grad_norm must be None or 0"):
+        dqn.DQNConfig(max_grad_norm=-1.0)
+    assert dqn.DQNConfig(max_grad_norm=0).max_grad_norm == 0  # 0 = no clipping (as everywhere in rlcore)
+    with pytest.raises(ValueError, match="hidden is empty"):
+        dqn.DQNConfig(hidden=())
 
 
 def test_same_seed_same_history():
@@ -183,6 +188,20 @@ def test_resume_after_crash_is_identical(tmp_path, monkeypatch):
     for p, q in zip(resumed.agent.parameters(), full.agent.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+
+
+def test_resume_needs_a_checkpoint_and_fresh_runs_do_not_overwrite(tmp_path):
+    """No silent fresh start: resume without a checkpoint is an error naming the path (it used to warn)."""
+    from rlcore.lifecycle import RunExistsError
+
+    cfg = dqn.DQNConfig(total_timesteps=300, checkpoint_path=str(tmp_path / "ck.pt"), **FAST)
+    with pytest.raises(FileNotFoundError, match="cannot resume: no checkpoint at .*ck.pt"):
+        dqn.train(cfg, resume=True, progress=False)
+    dqn.train(cfg, progress=False)
+    with pytest.raises(RunExistsError, match="overwrite"):
+        dqn.train(cfg, progress=False)
+    assert dqn.train(cfg, overwrite=True, progress=False).env_steps == 300
+    assert load_checkpoint(cfg.checkpoint_path)["algo"] == "dqn"
 
 
 @pytest.mark.slow

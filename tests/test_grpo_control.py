@@ -95,6 +95,10 @@ def test_errors():
         grpo.train(PPOConfig(), progress=False)
     with pytest.raises(TypeError, match="grpo_control.act"):
         grpo.act(torch.nn.Linear(4, 2), np.zeros(4))
+    with pytest.raises(ValueError, match="max_grad_norm must be None or 0"):
+        grpo.train(tiny(max_grad_norm=-0.5), progress=False)
+    with pytest.raises(ValueError, match="hidden is empty"):
+        grpo.train(tiny(hidden=()), progress=False)
 
 
 @pytest.mark.slow

@@ -71,6 +71,9 @@ def test_bad_config_raises_clear_errors():
         reinforce.ReinforceConfig(gamma=1.5)
     with pytest.raises(ValueError, match="unknown Gymnasium environment"):
         reinforce.train(reinforce.ReinforceConfig(env_id="CartPole-v9"), progress=False)
+    with pytest.raises(ValueError, match="max_grad_norm must be None or 0"):
+        reinforce.ReinforceConfig(max_grad_norm=float("nan"))
+    assert reinforce.ReinforceConfig(max_grad_norm=0).max_grad_norm == 0
 
 
 def test_same_seed_same_history():
@@ -103,6 +106,12 @@ def test_resume_after_crash_is_identical(tmp_path, monkeypatch):
     for p, q in zip(resumed.agent.parameters(), full.agent.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    cfg = reinforce.ReinforceConfig(total_timesteps=300, checkpoint_path=str(tmp_path / "none.pt"))
+    with pytest.raises(FileNotFoundError, match="cannot resume: no checkpoint at .*none.pt"):
+        reinforce.train(cfg, resume=True, progress=False)
 
 
 @pytest.mark.slow
