@@ -67,7 +67,7 @@ may create child cgroups with the memory/pids controllers; without a cgroup the 
 per process (``RLIMIT_AS``), so all processes together may use ``max_processes * memory_mb``;
 if the caller is killed mid-run, the run still ends at its timeout but its (empty) cgroup and
 temporary directories stay behind.  The timeout counts from the program's start; setting up
-the walls adds about 0.05 s.
+the walls adds about 0.1 s.
 """
 from __future__ import annotations
 
