@@ -284,9 +284,9 @@ def _train(argv: list[str]) -> int:
         if exc.checkpoint_path:
             print(f"resume with: {_resume_command(argv)}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+    except KeyboardInterrupt:  # a second Ctrl-C (or one outside the training loop): stopped at once
         last = f"the last checkpoint written, if any, is {ckpt}" if ckpt else "nothing was saved"
-        print(f"interrupted at once (second Ctrl-C): {last}", file=sys.stderr)
+        print(f"interrupted at once, without a new checkpoint: {last}", file=sys.stderr)
         if ckpt and Path(ckpt).exists():
             print(f"resume with: {_resume_command(argv)}", file=sys.stderr)
         return 130
@@ -353,11 +353,11 @@ def _eval(argv: list[str]) -> int:
     step = state.get("global_step")
     print(f"{algo} on {env_id} (checkpoint {ckpt}{f', step {step}' if step is not None else ''}): "
           f"{args.episodes} greedy episodes on seeds {seed}..{last_seed}")
-    used_text = "; ".join(f"{what}: seeds {first}..{last}" for first, last, what in used)
+    used_text = [f"{first}..{last} ({what})" for first, last, what in used]
     if algo == "grpo_control":
-        used_text = (used_text + "; " if used_text else "") + "GRPO drew its reset seeds at random from 0..2^31-2"
+        used_text.append("random reset seeds drawn from 0..2^31-2 (GRPO's groups)")
     if used_text:
-        print(f"  training used {used_text}")
+        print(f"  training used seeds {' and '.join(used_text)}")
     if overlap:
         print(f"note: seeds {seed}..{last_seed} include seeds used by the {' and '.join(overlap)}; "
               f"drop --seed to evaluate on unseen seeds", file=sys.stderr)
