@@ -33,7 +33,7 @@ import torch
 from rlcore.algos import dqn, grpo_control, ppo, reinforce, trpo
 from rlcore.cli import main
 from rlcore.lifecycle import CheckpointError, RunExistsError, TrainingInterrupted
-from rlcore.training import History, load_checkpoint, read_jsonl, save_checkpoint
+from rlcore.training import History, load_checkpoint, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -38,7 +38,6 @@ import math
 import sys
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 

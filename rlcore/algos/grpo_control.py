@@ -23,7 +23,6 @@ import copy
 import pickle
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
