@@ -353,11 +353,11 @@ def _eval(argv: list[str]) -> int:
     step = state.get("global_step")
     print(f"{algo} on {env_id} (checkpoint {ckpt}{f', step {step}' if step is not None else ''}): "
           f"{args.episodes} greedy episodes on seeds {seed}..{last_seed}")
-    used_text = [f"{first}..{last} ({what})" for first, last, what in used]
+    used_text = [f"seeds {first}..{last} ({what})" for first, last, what in used]
     if algo == "grpo_control":
-        used_text.append("random reset seeds drawn from 0..2^31-2 (GRPO's groups)")
+        used_text.append("random reset seeds drawn from 0..2^31-2 (GRPO's groups; a clash is very unlikely)")
     if used_text:
-        print(f"  training used seeds {' and '.join(used_text)}")
+        print(f"  training used {' and '.join(used_text)}")
     if overlap:
         print(f"note: seeds {seed}..{last_seed} include seeds used by the {' and '.join(overlap)}; "
               f"drop --seed to evaluate on unseen seeds", file=sys.stderr)
