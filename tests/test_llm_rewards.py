@@ -247,9 +247,14 @@ def test_code_reward_fraction_of_tests_passed():
     good = "<think>t</think><answer>```python\ndef add(a, b):\n    return a + b\n```</answer>"
     loop = "<answer>```python\ndef add(a, b):\n    while True: pass\n```</answer>"
     io = "```python\nprint(sum(map(int, input().split())))\n```"
-    r = code_reward(None, [good, loop, "no code"], tests=[tests, tests[:1], tests], timeout_s=0.5)
+    from rlcore.llm.sandbox import sandbox_info
+
+    # strict where this host can raise the sandbox's walls, else the named weaker mode (strict would refuse)
+    iso = "strict" if sandbox_info("strict")["available"] else "weak"
+    r = code_reward(None, [good, loop, "no code"], tests=[tests, tests[:1], tests], timeout_s=0.5, isolation=iso)
     assert r == pytest.approx([2 / 3, 0.0, 0.0])
-    assert code_reward(None, [io], tests=[[{"input": "2 3", "output": "5"}, {"input": "1 1", "output": "3"}]]) == [0.5]
+    io_tests = [[{"input": "2 3", "output": "5"}, {"input": "1 1", "output": "3"}]]
+    assert code_reward(None, [io], tests=io_tests, isolation=iso) == [0.5]
     assert extract_code(io).startswith("print(")
 
 
