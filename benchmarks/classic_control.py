@@ -27,6 +27,7 @@ episode finishes) and stops a run by raising from that wrapper.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -161,6 +162,11 @@ def run_rlcore(algo: str, env_id: str, seed: int, budget: int, stop: bool) -> di
         cfg = module.default_config(env_id, **overrides)
     else:
         cfg = config_class(module)(env_id=env_id, **overrides)
+    rollout = getattr(cfg, "num_envs", 1) * getattr(cfg, "num_steps", 1)
+    if rollout > 1 and budget % rollout:
+        # trainers round a budget *up* to whole rollouts; keep the budgets these results were measured
+        # with (rounded down, as the trainers did before), so the comparison stays within the stated budget
+        cfg = dataclasses.replace(cfg, total_timesteps=budget // rollout * rollout)
     tracker = Tracker(THRESHOLDS[env_id], with_eval=(algo == "dqn"), stop=stop)
 
     real_log, real_eval = training.History.log, algos.evaluate
