@@ -310,6 +310,8 @@ RULES = (
     Rule(("05",), r"(?<![A-Za-z\\_])x\s*=\s*\\pi_\\text\{ref\}|\\nabla\(x\s",
          "the reference-to-policy ratio is x_r, as in chapter 6's estimators",
          r"x = \pi_\text{ref}(o_t \mid s_t) / \pi_\theta(o_t \mid s_t)"),
+    Rule(EVERY, r"^\$\[[A-Z][^\]$]*\]\$$",
+         "tensor shapes are code (`[N, L]`, as on the API page): L is a loss, T a number of steps", "[N, L]"),
     Rule(("03",), r"K\$ iterations of conjugate|CG iterations \$K\$",
          "CG iterations are n_CG (K counts optimisation passes)", "CG iterations $K$, backtracking", scope="text"),
 )
