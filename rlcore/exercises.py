@@ -13,6 +13,14 @@ failed, its input, the expected and the returned value, and a hint. When the wro
 answer matches a *known mistake* (forgetting the discount, bootstrapping through a
 terminal state, ...) the hint names that mistake.
 
+Hints are *conceptual*: they say what to think about and which equation to reread,
+never the code or a formula that could be typed in as the answer (the student edition
+of the book and the student notebooks must not give the solutions away; see
+:func:`hint_problems`, which the tests apply to every hint). A function that is not
+written yet (its body is still ``...``, it returns ``None`` or raises
+``NotImplementedError``) gets only "not implemented yet" and a pointer to the
+exercise's statement, no hint.
+
 Adding a checker for a new exercise takes three things (see :func:`check_gae`):
 
 1. a list of :class:`Case` objects whose ``expected`` comes from the rlcore reference;
@@ -21,11 +29,17 @@ Adding a checker for a new exercise takes three things (see :func:`check_gae`):
 
 Checkers return ``True``/``False`` and print the verdict; with ``raise_on_fail=True`` they
 raise :class:`ExerciseError` (an ``AssertionError``) carrying the same message.
+:func:`all_checkers` lists every checker of the book and :func:`checker_texts` returns the
+texts a checker can print (hints, case labels), for the tests and for grading
+(:mod:`rlcore.grading`).
 """
 from __future__ import annotations
 
 import copy
+import importlib
 import linecache
+import pkgutil
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -45,7 +59,14 @@ __all__ = [
     "check_td_target",
     "check_gae",
     "check_clipped_surrogate",
+    "all_checkers",
+    "checker_texts",
+    "hint_problems",
+    "NOT_IMPLEMENTED",
 ]
+
+NOT_IMPLEMENTED = "not implemented yet"
+"""What a checker prints (after ``✗ name:``) for a function that is not written yet."""
 
 
 class ExerciseError(AssertionError):
@@ -164,6 +185,29 @@ def _describe_exception(exc: BaseException, fn: Callable) -> str:
 
 
 # --------------------------------------------------------------------- the framework
+_RECORDING: list[dict] | None = None
+"""While :func:`checker_texts` runs a checker, :func:`check` records its arguments here instead of checking."""
+
+
+def _not_implemented(got: Any, exc: BaseException | None) -> str:
+    """Why the reader's function counts as not written yet ('' if it does not)."""
+    if isinstance(exc, NotImplementedError):
+        return "raised NotImplementedError"
+    if exc is None and got is None:
+        return "returned None"
+    if exc is None and got is Ellipsis:
+        return "returned ..."
+    return ""
+
+
+def _not_implemented_message(title: str, fn: Callable, why: str, exercise: str) -> str:
+    fname = getattr(fn, "__name__", "your function")
+    where = f"exercise {exercise}" if exercise else "the exercise"
+    return (f"✗ {title}: {NOT_IMPLEMENTED}\n"
+            f"    {fname} {why}: write its body as {where} asks (the statement is just above "
+            f"this cell), then run the check again.")
+
+
 def check(
     fn: Callable,
     cases: Sequence[Case],
@@ -173,6 +217,7 @@ def check(
     rtol: float = 1e-5,
     raise_on_fail: bool = False,
     mistakes: Sequence[Mistake] = (),
+    exercise: str = "",
 ) -> bool:
     """Run ``fn`` on every case and compare with ``case.expected``; stop at the first failure.
 
@@ -181,21 +226,45 @@ def check(
     that modifies its arguments cannot spoil later cases. Prints ``✓ ...`` or ``✗ ...`` and
     returns ``True``/``False``; with ``raise_on_fail=True`` a failure raises
     :class:`ExerciseError` with the same message instead of printing it.
+
+    A function that is not written yet (it returns ``None`` or ``...`` on the first case, or
+    raises ``NotImplementedError``) gets ``✗ name: not implemented yet`` and a pointer to the
+    statement of ``exercise`` (its label, e.g. ``"ex-00-returns"``), without any hint. ``hint``
+    (shown when a case fails and no known mistake matches) and the hints of ``mistakes`` and
+    ``cases`` must be conceptual: no code, no formula to type in (see :func:`hint_problems`).
     """
     if not callable(fn):
         raise TypeError(f"pass your function itself (e.g. my_fn, not my_fn(...)), got {type(fn).__name__}")
     if not cases:
         raise ValueError("check needs at least one case")
     title = name or getattr(fn, "__name__", "exercise")
+    if _RECORDING is not None:
+        _RECORDING.append({"name": title, "exercise": exercise, "hint": hint,
+                           "mistakes": [m.hint for m in mistakes],
+                           "case_hints": [c.hint for c in cases if c.hint],
+                           "labels": [c.label for c in cases if c.label]})
+        return True
     for k, case in enumerate(cases, start=1):
         args = copy.deepcopy(case.args)
-        reason, got = None, None
+        reason, got, exc = None, None, None
         try:
             got = fn(*args.values())
-        except Exception as exc:  # the reader's code: report it, do not crash
-            reason = "your function raised " + _describe_exception(exc, fn)
+        except Exception as e:  # the reader's code: report it, do not crash
+            exc = e
+            reason = "your function raised " + _describe_exception(e, fn)
+        why = _not_implemented(got, exc)
+        if why and (k == 1 or exc is not None):
+            message = _not_implemented_message(title, fn, why, exercise)
+            if raise_on_fail:
+                raise ExerciseError(message)
+            print(message)
+            return False
         if reason is None:
-            reason = compare(got, case.expected, atol, rtol)
+            if got is None:
+                reason = ("your function returned None for this input: does every path through it end "
+                          "with a `return` statement?")
+            else:
+                reason = compare(got, case.expected, atol, rtol)
         if reason is None:
             continue
         lines = [f"✗ {title}: case {k} of {len(cases)}" + (f" ({case.label})" if case.label else "") + " failed",
@@ -204,7 +273,8 @@ def check(
         if got is not None or not reason.startswith("your function raised"):
             lines.append(f"    got:      {_fmt(got)}")
         lines.append(f"    problem:  {reason}")
-        case_hint = case.hint or _match_mistake(got, case, mistakes, atol, rtol) or hint
+        case_hint = "" if got is None and exc is None else (
+            case.hint or _match_mistake(got, case, mistakes, atol, rtol) or hint)
         if case_hint:
             lines.append(f"  Hint: {case_hint}")
         message = "\n".join(lines)
@@ -255,16 +325,16 @@ def _returns_mistakes() -> list[Mistake]:
         return np.array([sum(gamma ** (k - t + 1) * r[k] for k in range(t, len(r))) for t in range(len(r))])
 
     return [
-        Mistake(no_discount, "you summed the future rewards without discounting them: multiply "
-                             "the reward k steps ahead by gamma**k (eq-discounted-return)."),
+        Mistake(no_discount, "you summed the future rewards without discounting them: in "
+                             "eq-discounted-return a reward further in the future weighs less."),
         Mistake(from_start, "you summed the rewards from the *start* of the episode up to t; the "
-                            "return G_t looks *forward*: r_t + gamma r_{t+1} + ... to the end."),
-        Mistake(absolute_discount, "you discounted by gamma**k with k the absolute time step; the "
-                                   "discount counts steps *from t*: gamma**(k - t)."),
-        Mistake(skip_current, "off by one: G_t includes the reward r_t of step t itself "
-                              "(with weight gamma**0 = 1)."),
-        Mistake(discount_first, "off by one in the exponent: the immediate reward r_t has weight "
-                                "gamma**0 = 1, not gamma."),
+                            "return G_t looks *forward*, from step t to the end of the episode."),
+        Mistake(absolute_discount, "you discounted by the absolute time step; the discount counts the "
+                                   "steps *from t*, so the reward of step t itself is never discounted."),
+        Mistake(skip_current, "off by one: G_t includes the reward r_t of step t itself, "
+                              "undiscounted."),
+        Mistake(discount_first, "off by one in the exponent: the immediate reward r_t is not "
+                                "discounted, the next one is discounted once, and so on."),
     ]
 
 
@@ -293,8 +363,10 @@ def check_discounted_returns(fn: Callable, raise_on_fail: bool = False) -> bool:
           for i in range(4)),
     ]
     return check(fn, cases, "discounted_returns",
-                 hint="work backwards from the last step: G_{T-1} = r_{T-1}, G_t = r_t + gamma G_{t+1}.",
-                 raise_on_fail=raise_on_fail, mistakes=_returns_mistakes())
+                 hint="reread eq-discounted-return: G_t adds the rewards from step t to the end of the episode, "
+                      "each discounted by how many steps after t it comes. Which return is the easiest to "
+                      "compute, and how does each return relate to the next one?",
+                 raise_on_fail=raise_on_fail, mistakes=_returns_mistakes(), exercise="ex-00-returns")
 
 
 def _mdp_from_arrays(P, R, gamma, mu0=None):
@@ -364,18 +436,21 @@ def check_policy_evaluation(fn: Callable, raise_on_fail: bool = False) -> bool:
         return V
 
     mistakes = [
-        Mistake(immediate, "this is only the expected immediate reward r_pi; V^pi also counts "
-                           "the discounted future: V = r_pi + gamma P_pi V."),
-        Mistake(no_gamma, "the discount is missing: solve (I - gamma P_pi) V = r_pi."),
-        Mistake(transposed, "P_pi is transposed: P_pi[s, s'] = sum_a pi(a|s) P(s'|s,a), rows are "
-                            "the current state (np.einsum('sa,sax->sx', pi, P))."),
+        Mistake(immediate, "this is only the expected immediate reward; V^pi also counts the "
+                           "discounted values of the states that follow (eq-bellman-v)."),
+        Mistake(no_gamma, "the discount is missing: in eq-bellman-v the values of the next states are "
+                          "discounted by gamma."),
+        Mistake(transposed, "the policy's transition matrix is transposed: its rows must be the current "
+                            "state and its columns the next state."),
         Mistake(greedy, "you computed the optimal value V* (max over actions); policy evaluation "
                         "averages over actions with the given pi(a|s)."),
     ]
     return check(fn, cases, "policy_evaluation",
-                 hint="build r_pi[s] = sum_a pi[s,a] R[s,a] and P_pi[s,s'] = sum_a pi[s,a] P[s,a,s'], "
-                      "then solve the linear system (I - gamma P_pi) V = r_pi with np.linalg.solve.",
-                 atol=1e-6, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-bellman-v: averaging the rewards and the transitions over the actions with pi "
+                      "gives the policy's own reward vector and state-to-state transition matrix, and V^pi is "
+                      "the solution of a linear system built from them (solve it exactly, do not iterate).",
+                 atol=1e-6, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes,
+                 exercise="ex-00-policy-evaluation")
 
 
 def check_state_distribution(fn: Callable, raise_on_fail: bool = False) -> bool:
@@ -409,16 +484,18 @@ def check_state_distribution(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(unnormalised, "this is eta, the *un*normalised discounted visitation (it sums to "
-                              "1/(1-gamma)); divide by its sum to get d^pi (eq-dpi)."),
-        Mistake(not_transposed, "eta is a row vector: eta^T = mu0^T (I - gamma P_pi)^{-1}, so solve "
-                                "(I - gamma P_pi)^T eta = mu0 (note the transpose)."),
+                              "1/(1-gamma)); d^pi is a probability distribution (eq-dpi)."),
+        Mistake(not_transposed, "eta flows *forward* from mu0, so it is a row vector: its linear system "
+                                "uses the transpose of the matrix in the Bellman equation for V (eq-eta)."),
         Mistake(stationary, "this is the long-run (undiscounted) distribution; d^pi weights the "
-                            "state at time t by gamma**t starting from mu0."),
+                            "state at time t by gamma to the power t, starting from mu0 (eq-eta)."),
     ]
     return check(fn, cases, "state_distribution",
-                 hint="eta(s) = sum_t gamma^t Pr(s_t = s); in matrix form eta^T = mu0^T (I - gamma P_pi)^{-1}; "
-                      "then d = eta / eta.sum().",
-                 atol=1e-6, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-eta and eq-dpi: eta(s) adds up, over time, the discounted probability of being "
+                      "in s when starting from mu0; written with matrices it is the solution of a linear system "
+                      "(mind on which side the policy's transition matrix acts), and d^pi normalises it.",
+                 atol=1e-6, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes,
+                 exercise="ex-00-state-distribution")
 
 
 # --------------------------------------------------------------------- chapter 1
@@ -452,15 +529,17 @@ def check_td_target(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(lambda r, q, t, gamma: r + gamma * q.max(-1).values,
-                "a terminal next state has value 0: multiply the bootstrap term by (1 - terminated)."),
+                "a terminal next state has value 0: where terminated is 1 the target is the reward alone."),
         Mistake(lambda r, q, t, gamma: r + gamma * t * q.max(-1).values,
-                "the mask is inverted: bootstrap when the next state is *not* terminal, (1 - terminated)."),
+                "the mask is inverted: bootstrap when the next state is *not* terminal, not when it is."),
         Mistake(lambda r, q, t, gamma: r + gamma * (1 - t) * q.mean(-1),
                 "Q-learning bootstraps from the best next action: max over a', not the mean."),
         Mistake(lambda r, q, t, gamma: r + (1 - t) * q.max(-1).values,
-                "the discount gamma is missing in front of max_a' Q_target(s', a')."),
+                "the discount gamma is missing in front of the next state's value."),
     ]
-    return check(fn, cases, "td_target", hint="y = r + gamma * (1 - terminated) * next_q_target.max(dim=-1).values",
+    return check(fn, cases, "td_target",
+                 hint="reread eq-dqn-target: the target is the reward plus the discounted value of the best next "
+                      "action according to the target network, and a terminal next state has no value.",
                  raise_on_fail=raise_on_fail, mistakes=mistakes)
 
 
@@ -511,22 +590,23 @@ def check_gae(fn: Callable, raise_on_fail: bool = False) -> bool:
     # order matters: the first wrong implementation that reproduces the output names the mistake
     mistakes = [
         Mistake(lambda *a: _loop(*a, boot=lambda te, tr: 1.0, cut=lambda te, tr: (1 - te) * (1 - tr)),
-                "after a terminated step the next state has value 0: delta_t = r_t + gamma (1 - terminated_t) "
-                "V(s_{t+1}) - V(s_t)."),
+                "after a terminated step the next state has value 0: that step's TD error (eq-td-error) has no "
+                "bootstrap term."),
         Mistake(lambda *a: _loop(*a, boot=lambda te, tr: (1 - te) * (1 - tr), cut=lambda te, tr: (1 - te) * (1 - tr)),
                 "a truncated episode did not end in a terminal state: still bootstrap from next_values "
                 "there; only terminated zeroes V(s_{t+1})."),
         Mistake(lambda *a: _loop(*a, boot=lambda te, tr: 1 - te, cut=lambda te, tr: 1 - te),
                 "the sum must also stop at a truncation (the next step belongs to a new episode): "
-                "use done_t = terminated_t or truncated_t in the recursion."),
+                "an episode ends when it is terminated *or* truncated."),
         Mistake(lambda *a: _loop(*a, boot=lambda te, tr: 1 - te, cut=lambda te, tr: 1.0),
-                "the sum must stop at an episode end: multiply the carried advantage by "
-                "(1 - done_t) with done_t = terminated_t or truncated_t."),
+                "the sum must stop at an episode end: the advantage of a later step must not be carried "
+                "back across it."),
     ]
     return check(fn, cases, "gae",
-                 hint="delta_t = r_t + gamma (1 - terminated_t) V(s_{t+1}) - V(s_t); then backwards "
-                      "A_t = delta_t + gamma lam (1 - done_t) A_{t+1}, done_t = terminated_t or truncated_t.",
-                 atol=1e-5, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-td-error and eq-gae: compute the TD errors first (no bootstrap from a terminal "
+                      "next state), then accumulate them backwards in time with the weight gamma lambda, "
+                      "restarting at every episode end (terminated *or* truncated).",
+                 atol=1e-5, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-04-gae")
 
 
 def check_clipped_surrogate(fn: Callable, raise_on_fail: bool = False) -> bool:
@@ -568,11 +648,13 @@ def check_clipped_surrogate(fn: Callable, raise_on_fail: bool = False) -> bool:
         Mistake(lambda lp, old, a, eps: -torch.mean(torch.max(ratio(lp, old) * a, torch.clamp(ratio(lp, old), 1 - eps, 1 + eps) * a)),
                 "min, not max: the objective is the pessimistic (smaller) of the two terms."),
         Mistake(lambda lp, old, a, eps: -torch.mean(torch.min((lp - old) * a, torch.clamp(lp - old, -eps, eps) * a)),
-                "the ratio is exp(logp - old_logp), not the log-ratio."),
+                "the ratio is a ratio of probabilities, not the difference of the log-probabilities."),
     ]
     return check(fn, cases, "clipped_surrogate",
-                 hint="ratio = torch.exp(logp - old_logp); loss = -torch.min(ratio * A, ratio.clamp(1 - eps, 1 + eps) * A).mean()",
-                 atol=1e-6, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-ppo-clip: the probability ratio comes from the two log-probabilities; per sample "
+                      "take the pessimistic (smaller) of the unclipped and the clipped term, average them, and "
+                      "return the *negative*: a loss to minimise.",
+                 atol=1e-6, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-04-clip")
 
 
 # --------------------------------------------------------------------- chapter 2
@@ -611,19 +693,22 @@ def check_softmax_policy_gradient(fn: Callable, raise_on_fail: bool = False) -> 
     mistakes = [
         Mistake(lambda th, m: _softmax_np(th) * m,
                 "pi_b m_b is only the derivative of the b-th term through its own exponent; every "
-                "pi_a depends on theta_b through the normaliser: d pi_a / d theta_b = pi_a (1[a=b] - pi_b)."),
+                "pi_a depends on theta_b through the normaliser (use the softmax derivative given in the "
+                "exercise)."),
         Mistake(lambda th, m: m - _softmax_np(th) @ m,
-                "the factor pi_b is missing: dJ/dtheta_b = pi_b (m_b - J)."),
+                "a factor is missing: the gradient of an arm's logit is also weighted by how often that arm "
+                "is played."),
         Mistake(lambda th, m: _softmax_np(th) * (m - m.mean()),
-                "the baseline inside the gradient is J = sum_a pi_a m_a, the policy's own mean "
-                "reward, not the plain average of the arms."),
+                "the baseline inside the gradient is J, the policy's own mean reward, not the plain average "
+                "of the arms."),
         Mistake(lambda th, m: _softmax_np(th) * (_softmax_np(th) @ m - m),
                 "the sign is flipped: raising the logit of an arm that is better than average "
                 "(m_b > J) must increase J."),
     ]
     return check(fn, cases, "softmax_policy_gradient",
-                 hint="pi = softmax(logits); J = pi @ m; the gradient is pi * (m - J).",
-                 raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="differentiate J through the softmax (eq-softmax-policy) by hand: every probability depends "
+                      "on every logit through the normaliser; then simplify the sum over the arms.",
+                 raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-02-softmax-gradient")
 
 
 def check_reinforce_gradient(fn: Callable, raise_on_fail: bool = False) -> bool:
@@ -668,19 +753,23 @@ def check_reinforce_gradient(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(lambda th, a, r, b: -((r - b)[:, None] * score(th, a)).mean(0),
-                "this is the gradient of the *loss* -(r - b) log pi; the estimate of grad J has the opposite sign."),
+                "this is the gradient of the *loss* (minus the objective); the estimate of grad J has the "
+                "opposite sign."),
         Mistake(lambda th, a, r, b: (r[:, None] * score(th, a)).mean(0),
-                "subtract the baseline from every reward: the weight is (r_i - b)."),
+                "the baseline is missing: each sample is weighted by its reward minus the baseline."),
         Mistake(lambda th, a, r, b: ((r - b)[:, None] * score(th, a)).sum(0),
                 "average over the N samples (mean), do not sum them."),
         Mistake(lambda th, a, r, b: ((r - b)[:, None] * np.eye(len(th))[a]).mean(0),
-                "grad log softmax(theta)_a = onehot(a) - pi: the '- pi' from the normaliser is missing."),
+                "the normaliser's part of the score is missing: the gradient of log pi(a) has a term for "
+                "every arm, not only for the chosen one."),
         Mistake(lambda th, a, r, b: ((r - b)[:, None] * _softmax_np(th)[a][:, None] * score(th, a)).mean(0),
-                "that is grad pi(a), not grad log pi(a) = grad pi(a) / pi(a) (eq-log-derivative)."),
+                "that is the gradient of pi(a), not of log pi(a) (eq-log-derivative)."),
     ]
     return check(fn, cases, "reinforce_gradient",
-                 hint="pi = softmax(logits); score_i = onehot(a_i) - pi; estimate = mean_i (r_i - b) * score_i.",
-                 raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-reinforce-baseline: the estimate averages over the samples; what each sample "
+                      "needs is its score, the gradient of log pi of the chosen arm with respect to all the "
+                      "logits (derive it by hand for the softmax, eq-log-derivative).",
+                 raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-02-reinforce")
 
 
 def check_policy_gradient_theorem(fn: Callable, raise_on_fail: bool = False) -> bool:
@@ -730,21 +819,98 @@ def check_policy_gradient_theorem(fn: Callable, raise_on_fail: bool = False) -> 
 
     mistakes = [
         Mistake(weighted(lambda pi, V, Q, eta, mu0, R: (eta / eta.sum(), Q)),
-                "you used d^pi = eta / sum(eta); the exact gradient keeps the constant sum(eta) = 1/(1-gamma), "
-                "i.e. weight the states by eta itself (the theorem's '=' form, not its 'proportional to' form)."),
+                "you weighted the states by the normalised d^pi; the exact gradient weights them by the "
+                "unnormalised eta itself (the theorem's equality, not its 'proportional to' form)."),
         Mistake(weighted(lambda pi, V, Q, eta, mu0, R: (mu0, Q)),
                 "you weighted the states by the start distribution mu0; the gradient weights each state by "
-                "its discounted visitation eta(s) = sum_t gamma^t Pr(s_t = s) (eq-eta)."),
+                "its discounted visitation eta(s) (eq-eta)."),
         Mistake(weighted(lambda pi, V, Q, eta, mu0, R: (eta, R)),
-                "the immediate reward R(s,a) is not enough: the theorem uses Q^pi(s,a) = R(s,a) + gamma sum_s' P V^pi(s')."),
+                "the immediate reward R(s,a) is not enough: the theorem uses the action value Q^pi(s,a) "
+                "(eq-bellman-q)."),
         Mistake(no_pi_factor,
-                "the factor pi(b|s) is missing: d pi(a|s) / d theta_{s,b} = pi(a|s) (1[a=b] - pi(b|s)), so the "
-                "entry (s, b) is eta(s) pi(b|s) (Q(s,b) - V(s))."),
+                "a factor of the softmax derivative is missing: the derivative of pi(a|s) with respect to a "
+                "logit of s is also weighted by the probability of that logit's action."),
     ]
     return check(fn, cases, "policy_gradient_theorem",
-                 hint="solve for V^pi and Q^pi, then eta^T = mu0^T (I - gamma P_pi)^{-1}; the entry (s, b) of the "
-                      "gradient is eta(s) pi(b|s) (Q(s,b) - V(s)).",
-                 atol=1e-6, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="evaluate the right-hand side of eq-pg-theorem exactly: it needs V^pi and Q^pi (chapter 0), "
+                      "the unnormalised discounted visitation eta (eq-eta), and the derivative of the softmax "
+                      "with respect to the logits of each state.",
+                 atol=1e-6, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-02-pg-theorem")
 
 
 __all__ += ["check_softmax_policy_gradient", "check_reinforce_gradient", "check_policy_gradient_theorem"]
+
+
+# --------------------------------------------------------------------- introspection (tests, grading)
+def all_checkers() -> dict[str, Callable]:
+    """Every checker of the book, ``{"rlcore.exercises.check_gae": check_gae, ...}``: the public
+    ``check_*`` functions of this module and of the chapter modules ``rlcore.exercise_checks.chNN``."""
+    from . import exercise_checks
+
+    modules = [importlib.import_module(__name__)]
+    for info in sorted(pkgutil.iter_modules(exercise_checks.__path__), key=lambda m: m.name):
+        modules.append(importlib.import_module(f"{exercise_checks.__name__}.{info.name}"))
+    found = {}
+    for mod in modules:
+        for attr in sorted(vars(mod)):
+            obj = getattr(mod, attr)
+            if attr.startswith("check_") and callable(obj) and getattr(obj, "__module__", "") == mod.__name__:
+                found[f"{mod.__name__}.{attr}"] = obj
+    return found
+
+
+def checker_texts(checker: Callable) -> dict[str, Any]:
+    """What ``checker`` can print, without running any case: ``{"name", "exercise", "hint",
+    "mistakes": [hints], "case_hints": [...], "labels": [case labels]}`` (the checker's
+    reference values are still computed, so this takes as long as building its cases)."""
+    global _RECORDING
+    _RECORDING = []
+    try:
+        checker(lambda *args: None)
+        recorded = _RECORDING
+    finally:
+        _RECORDING = None
+    if len(recorded) != 1:
+        raise RuntimeError(f"{getattr(checker, '__name__', checker)} called check() {len(recorded)} times")
+    return recorded[0]
+
+
+# Code in a hint: an assignment or keyword argument (a single '='), a library or method call,
+# indexing or slicing, Python's power operator, a call of a common numeric or string function,
+# or a Python statement (def, for ... in range, lambda, import, '; return').
+_CODE_PATTERNS = [
+    (re.compile(r"(?<![=<>!])=(?!=)"), "an '=' (assignment, keyword argument or equation)"),
+    (re.compile(r"\b(?:torch|np|numpy|F|nn|math|re|scipy|random|unicodedata|fractions)\.\w"), "a library call"),
+    (re.compile(r"\w\.\w+\("), "a method call"),
+    (re.compile(r"[\w\)\]]\["), "indexing or slicing"),
+    (re.compile(r"\*\*"), "the power operator **"),
+    (re.compile(r"\b(?:exp|log|max|min|mean|sum|clip|clamp|where|gather|solve|len|range|float|int|list|"
+                r"softmax|log_softmax|sqrt|std|var|abs|split|strip|fullmatch|search|findall|rfind|find|"
+                r"cross_entropy|einsum|cumsum|reshape|view|flatten|grad|zeros|ones|eye|full|argmax|"
+                r"Fraction|count|sorted|escape|compile|name|detach|kl_divergence|Categorical|isascii|"
+                r"isalpha|append)\("), "a function call"),
+    (re.compile(r"\bdef\s+\w+\(|\bfor\s+\w+\s+in\s+range\b|\blambda\s+\w+\s*:|;\s*return\b|\bimport\s+\w+$",
+                re.M), "a Python statement"),
+]
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def hint_problems(text: str, solution_lines: Sequence[str] = (), min_chars: int = 12) -> list[str]:
+    """Why ``text`` (a hint) gives code or a typeable formula away: a list of reasons, empty if none.
+
+    A hint may name concepts, equations (by label: ``eq-gae``), arguments (``terminated``) and
+    mathematical objects (``V(s_{t+1})``, ``pi(a|s)``); it may not contain an ``=``, a library
+    or method call, indexing, ``**``, a call of a numeric function (``exp(``, ``max(``, ...), or
+    any line of a model solution (``solution_lines``, compared without whitespace, lines of at
+    least ``min_chars`` characters).
+    """
+    reasons = [f"{what}: {m.group(0)!r}" for pattern, what in _CODE_PATTERNS for m in [pattern.search(text)] if m]
+    flat = _squash(text)
+    for line in solution_lines:
+        code = _squash(line)
+        if len(code) >= min_chars and code in flat:
+            reasons.append(f"a line of a model solution: {line.strip()!r}")
+    return reasons

@@ -169,7 +169,7 @@ def test_state_distribution_mistakes(capsys):
 
 def test_td_target_mistakes(capsys):
     _fails_with(ex.check_td_target, lambda r, q, t, g: r + g * q.max(-1).values,
-                "(1 - terminated)", "the second transition is terminal", capsys=capsys)
+                "terminal next state has value 0", "the second transition is terminal", capsys=capsys)
     _fails_with(ex.check_td_target, lambda r, q, t, g: r + g * (1 - t) * q.mean(-1), "max over a'", capsys=capsys)
 
 
@@ -195,7 +195,7 @@ def test_gae_mistakes(capsys):
     assert ex.check_gae(variant()) is True
     capsys.readouterr()
     _fails_with(ex.check_gae, variant(boot_on_terminal=True), "terminated after step 1",
-                "(1 - terminated_t)", capsys=capsys)
+                "no bootstrap term", capsys=capsys)
     _fails_with(ex.check_gae, variant(no_boot_on_truncation=True), "truncated after step 1",
                 "still bootstrap from next_values", capsys=capsys)
     _fails_with(ex.check_gae, variant(stop_on_truncation=False), "truncated after step 1",
@@ -238,8 +238,25 @@ def test_stub_returning_none_and_not_implemented(capsys):
     def raises(rewards, gamma):
         raise NotImplementedError
 
-    _fails_with(ex.check_discounted_returns, stub, "returned None", "replace the `...`", capsys=capsys)
-    _fails_with(ex.check_discounted_returns, raises, "NotImplementedError", "not implemented yet", capsys=capsys)
+    out = _fails_with(ex.check_discounted_returns, stub, "not implemented yet", "stub returned None",
+                      "exercise ex-00-returns", capsys=capsys)
+    assert "Hint" not in out and "case 1" not in out and "expected" not in out, out
+    out = _fails_with(ex.check_discounted_returns, raises, "not implemented yet", "raised NotImplementedError",
+                      capsys=capsys)
+    assert "Hint" not in out
+    out = _fails_with(ex.check_discounted_returns, lambda r, g: ..., "not implemented yet", "returned ...",
+                      capsys=capsys)
+    assert "Hint" not in out
+
+
+def test_none_on_a_later_case_is_a_failure_without_a_hint(capsys):
+    def partial(rewards, gamma):
+        if len(rewards) == 3:
+            return returns_by_definition(rewards, gamma)
+
+    out = _fails_with(ex.check_discounted_returns, partial, "returned None for this input", "case 4 of",
+                      capsys=capsys)
+    assert "not implemented yet" not in out and "Hint" not in out
 
 
 def test_raise_on_fail_raises_exercise_error_with_the_message(capsys):

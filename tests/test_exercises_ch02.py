@@ -61,7 +61,8 @@ def test_torch_answer_accepted(checker, solution):
 @pytest.mark.parametrize("checker,solution", CHECKERS)
 def test_stub_and_scaled_answers_fail(checker, solution, capsys):
     assert checker(lambda *a: None) is False
-    assert "returned None" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "returned None" in out and "not implemented yet" in out and "Hint" not in out, out
     assert checker(lambda *a: 1.01 * solution(*a)) is False
     with pytest.raises(ex.ExerciseError):
         checker(lambda *a: 1.01 * solution(*a), raise_on_fail=True)
@@ -82,7 +83,7 @@ def _p(th):
 
 @pytest.mark.parametrize("wrong,phrase", [
     (lambda th, m: _p(th) * m, "normaliser"),
-    (lambda th, m: m - _p(th) @ m, "factor pi_b is missing"),
+    (lambda th, m: m - _p(th) @ m, "how often that arm is played"),
     (lambda th, m: _p(th) * (m - m.mean()), "plain average"),
     (lambda th, m: -bandit_gradient(th, m), "sign is flipped"),
 ])
@@ -93,9 +94,9 @@ def test_softmax_gradient_mistakes_get_their_hint(wrong, phrase, capsys):
 
 @pytest.mark.parametrize("wrong,phrase", [
     (lambda th, a, r, b: -reinforce_estimate(th, a, r, b), "gradient of the *loss*"),
-    (lambda th, a, r, b: reinforce_estimate(th, a, r, 0.0), "subtract the baseline"),
+    (lambda th, a, r, b: reinforce_estimate(th, a, r, 0.0), "baseline is missing"),
     (lambda th, a, r, b: len(a) * reinforce_estimate(th, a, r, b), "do not sum"),
-    (lambda th, a, r, b: ((r - b)[:, None] * np.eye(len(th))[a]).mean(0), "'- pi' from the normaliser"),
+    (lambda th, a, r, b: ((r - b)[:, None] * np.eye(len(th))[a]).mean(0), "normaliser's part of the score"),
     (lambda th, a, r, b: ((r - b)[:, None] * _p(th)[a][:, None] * (np.eye(len(th))[a] - _p(th))).mean(0),
      "eq-log-derivative"),
 ])
@@ -120,10 +121,10 @@ def _theorem_variant(weights, use_R=False, with_pi=True):
 
 
 @pytest.mark.parametrize("wrong,phrase", [
-    (_theorem_variant("d"), "1/(1-gamma)"),
+    (_theorem_variant("d"), "normalised d^pi"),
     (_theorem_variant("mu0"), "start distribution"),
     (_theorem_variant("eta", use_R=True), "immediate reward"),
-    (_theorem_variant("eta", with_pi=False), "factor pi(b|s) is missing"),
+    (_theorem_variant("eta", with_pi=False), "factor of the softmax derivative"),
 ])
 def test_theorem_mistakes_get_their_hint(wrong, phrase, capsys):
     assert ex.check_policy_gradient_theorem(wrong) is False

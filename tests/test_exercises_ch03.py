@@ -1,5 +1,5 @@
 """Checkers of chapter 3's exercises (rlcore.exercise_checks.ch03): independent right answers pass,
-known mistakes fail with their hint, unfinished stubs get the 'returned None' message, and the
+known mistakes fail with their hint, unfinished stubs get "not implemented yet" (no hint), and the
 references the checkers use agree with independent computations (explicit matrices, numpy)."""
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_stub_returning_none_fails_with_a_clear_message(checker, solution, capsy
 
     assert checker(stub) is False
     out = capsys.readouterr().out
-    assert "✗" in out and "returned None" in out
+    assert "✗" in out and "returned None" in out and "not implemented yet" in out and "Hint" not in out
     with pytest.raises(ExerciseError):
         checker(stub, raise_on_fail=True)
 
@@ -187,7 +187,7 @@ def test_fvp_mistakes_are_named(capsys):
         return torch.cat([torch.zeros(p.numel(), dtype=v.dtype) if o is None else o.reshape(-1)
                           for o, p in zip(out, params)])
 
-    assert "detach" in _hint_for(checks.check_fisher_vector_product, not_detached, capsys)
+    assert "cut from the autograd graph" in _hint_for(checks.check_fisher_vector_product, not_detached, capsys)
 
     def summed(policy, obs, v):
         return obs.shape[0] * fvp_fisher_expectation(policy, obs, v)
@@ -203,7 +203,7 @@ def test_step_mistakes_are_named(capsys):
     def vanilla(F, g, d):
         return torch.sqrt(2 * d / (g @ F @ g)) * g
 
-    assert "factor 2" in _hint_for(checks.check_trpo_step, no_two, capsys)
+    assert "factor one half" in _hint_for(checks.check_trpo_step, no_two, capsys)
     assert "natural gradient" in _hint_for(checks.check_trpo_step, vanilla, capsys)
 
 

@@ -1,5 +1,5 @@
 """Checkers of chapter 5's exercises (rlcore.exercise_checks.ch05): independent right answers pass,
-known mistakes fail with their hint, unfinished stubs get the 'returned None' message, and the
+known mistakes fail with their hint, unfinished stubs get "not implemented yet" (no hint), and the
 references the checkers use agree with independent computations."""
 from __future__ import annotations
 
@@ -82,8 +82,8 @@ def test_stub_returning_none_gets_a_helpful_message(checker, capsys):
     def stub(*args):
         ...
 
-    out = _fails_with(checker, stub, "returned None", capsys=capsys)
-    assert "case 1 of" in out
+    out = _fails_with(checker, stub, "returned None", "not implemented yet", capsys=capsys)
+    assert "Hint" not in out and "case 1 of" not in out, out
     with pytest.raises(ExerciseError, match="returned None"):
         checker(stub, raise_on_fail=True)
 
@@ -134,9 +134,9 @@ def test_token_loss_mistakes(kw, fragment, capsys):
 
 
 @pytest.mark.parametrize("kw,fragment", [
-    (dict(bootstrap_end=True), "V = 0 there"),
-    (dict(use_mask=False), "its own last token"),
-    (dict(lam_power=False), "forgot lambda"),
+    (dict(bootstrap_end=True), "terminal and worth 0"),
+    (dict(use_mask=False), "its own last generated token"),
+    (dict(lam_power=False), "lambda is missing"),
 ])
 def test_token_gae_mistakes(kw, fragment, capsys):
     _fails_with(checks.check_token_gae, lambda *a: checks._gae_loop(*a, **kw), fragment, capsys=capsys)

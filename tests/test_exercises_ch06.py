@@ -1,5 +1,5 @@
 """Checkers of chapter 6's exercises (rlcore.exercise_checks.ch06): independent right answers pass,
-known mistakes fail with their hint, unfinished stubs get the 'returned None' message, and the
+known mistakes fail with their hint, unfinished stubs get "not implemented yet" (no hint), and the
 references the checkers use agree with independent computations."""
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def test_stub_returning_none_gets_a_helpful_message(checker, capsys):
     def stub(*args):
         ...
 
-    out = _fails_with(checker, stub, "returned None", capsys=capsys)
-    assert "case 1 of" in out
+    out = _fails_with(checker, stub, "returned None", "not implemented yet", capsys=capsys)
+    assert "Hint" not in out and "case 1 of" not in out, out
     with pytest.raises(ExerciseError, match="returned None"):
         checker(stub, raise_on_fail=True)
 
@@ -111,14 +111,14 @@ def test_group_advantage_without_eps_gets_the_zero_variance_hint(capsys):
         r = r.view(-1, G)
         return ((r - r.mean(1, keepdim=True)) / r.std(1, keepdim=True)).flatten()
 
-    _fails_with(checks.check_group_advantages, no_eps, "NaN", "std 0", capsys=capsys)
+    _fails_with(checks.check_group_advantages, no_eps, "NaN", "standard deviation 0", capsys=capsys)
 
 
 @pytest.mark.parametrize("fn,fragment", [
     (lambda lp, rf: torch.exp(lp - rf) - (lp - rf) - 1, "upside down"),
     (lambda lp, rf: lp - rf, "that is k1"),
     (lambda lp, rf: 0.5 * (lp - rf) ** 2, "that is k2"),
-    (lambda lp, rf: torch.exp(rf - lp) - (rf - lp), "missing the -1"),
+    (lambda lp, rf: torch.exp(rf - lp) - (rf - lp), "a constant is missing"),
     (lambda lp, rf: torch.exp(rf - lp) + (rf - lp) - 1, "sign of the log term"),
 ])
 def test_k3_mistakes(fn, fragment, capsys):
@@ -129,7 +129,7 @@ def test_k3_mistakes(fn, fragment, capsys):
     ("padded", "its own length"),
     ("tokens", "that is bnpo"),
     ("seqmean", "pools every generated token"),
-    ("width", "not by the width L"),
+    ("width", "not the width L"),
 ])
 def test_aggregation_mistakes(wrong, fragment, capsys):
     _fails_with(checks.check_grpo_aggregation, lambda p, m, lt, ml: checks._agg_variant(p, m, lt, ml, wrong=wrong),

@@ -148,17 +148,19 @@ def check_dqn_target(fn: Callable, raise_on_fail: bool = False) -> bool:
                 "a truncated transition did not reach a terminal state: the pole is still up and s' still "
                 "has value. Only `terminated` removes the bootstrap term; ignore `truncated` here."),
         Mistake(lambda r, q, t, u, gamma: r + gamma * q.max(-1).values,
-                "a terminal next state has value 0: multiply the bootstrap term by (1 - terminated)."),
+                "a terminal next state has value 0: where terminated is 1 the target is the reward alone."),
         Mistake(lambda r, q, t, u, gamma: r + gamma * t * q.max(-1).values,
-                "the mask is inverted: bootstrap when the next state is *not* terminal, (1 - terminated)."),
+                "the mask is inverted: bootstrap when the next state is *not* terminal, not when it is."),
         Mistake(lambda r, q, t, u, gamma: r + gamma * (1 - t) * q.mean(-1),
                 "Q-learning bootstraps from the best next action (eq-bellman-optimality): max over a', not the mean."),
         Mistake(lambda r, q, t, u, gamma: r + (1 - t) * q.max(-1).values,
-                "the discount gamma is missing in front of max_a' Q_target(s', a')."),
+                "the discount gamma is missing in front of the next state's value."),
     ]
     return check(fn, cases, "dqn_target",
-                 hint="y = rewards + gamma * (1 - terminated) * next_q_target.max(dim=-1).values  (truncated is not used)",
-                 raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-dqn-target: the target is the reward plus the discounted value of the best next "
+                      "action according to the target network; a terminal next state has no value, and a "
+                      "time limit (truncated) is not a terminal state.",
+                 raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-01-dqn-target")
 
 
 def check_epsilon_greedy(fn: Callable, raise_on_fail: bool = False) -> bool:
@@ -197,16 +199,19 @@ def check_epsilon_greedy(fn: Callable, raise_on_fail: bool = False) -> bool:
         return epsilon_greedy_probs(-q, eps)
 
     mistakes = [
-        Mistake(greedy_only, "with probability epsilon the agent explores: every action gets at least epsilon / A."),
-        Mistake(no_share, "the random action is drawn from *all* A actions: each gets epsilon / A, so the rows "
-                          "must sum to 1 and the greedy action gets 1 - epsilon + epsilon / A."),
+        Mistake(greedy_only, "with probability epsilon the agent explores: every action has a nonzero "
+                             "probability."),
+        Mistake(no_share, "the random action is drawn from *all* A actions, the greedy one included: every "
+                          "action gets its share of epsilon, and each row must sum to 1."),
         Mistake(others_only, "in DQN the exploratory action is uniform over all A actions, the greedy one "
-                             "included (epsilon / A each), not over the A - 1 others."),
-        Mistake(argmin, "greedy means the action with the *largest* Q-value (argmax)."),
+                             "included, not over the A - 1 others."),
+        Mistake(argmin, "greedy means the action with the *largest* Q-value."),
     ]
     return check(fn, cases, "epsilon_greedy",
-                 hint="probs = np.full(q.shape, epsilon / A); then add 1 - epsilon at q.argmax(-1) in every row.",
-                 raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-epsilon-greedy: with probability epsilon the action is uniform over all A actions "
+                      "(the greedy one included), otherwise it is the greedy action; each row is a probability "
+                      "distribution over the actions.",
+                 raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-01-epsilon-greedy")
 
 
 def check_q_learning_update(fn: Callable, raise_on_fail: bool = False) -> bool:
@@ -243,22 +248,25 @@ def check_q_learning_update(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(make(lambda Q, s, r, sn, term, gamma: r + gamma * Q[sn].max()),
-                "a terminal s' has value 0: the target is just r when terminated is True."),
+                "a terminal s' has value 0: the target is the reward alone when terminated is True."),
         Mistake(make(lambda Q, s, r, sn, term, gamma: r + (0.0 if term else gamma * Q[sn].mean())),
-                "Q-learning's target uses max_a' Q(s', a') (eq-bellman-optimality), not the average over a'."),
+                "Q-learning's target uses the best next action, max over a' (eq-bellman-optimality), not the "
+                "average over a'."),
         Mistake(make(lambda Q, s, r, sn, term, gamma: r + (0.0 if term else gamma * Q[s].max())),
-                "bootstrap from the *next* state: max_a' Q(s_next, a'), not Q(s, .)."),
+                "bootstrap from the *next* state s_next, not from the current state s."),
         Mistake(make(lambda Q, s, r, sn, term, gamma: r + (0.0 if term else gamma * Q[sn].max()),
                      step=lambda q, t, alpha: t),
-                "move Q(s,a) only a step alpha towards the target: Q + alpha (target - Q), not Q = target."),
+                "move Q(s,a) only a step alpha towards the target; do not replace it by the target."),
         Mistake(make(lambda Q, s, r, sn, term, gamma: r + (0.0 if term else gamma * Q[sn].max()),
                      step=lambda q, t, alpha: q + alpha * t),
-                "the step is alpha times the TD *error* (target - Q(s,a)), not alpha times the target."),
+                "the step is alpha times the TD *error* (the target minus the current estimate), not alpha "
+                "times the target."),
     ]
     return check(fn, cases, "q_learning_update",
-                 hint="Q = Q.copy(); target = r if terminated else r + gamma * Q[s_next].max(); "
-                      "Q[s, a] += alpha * (target - Q[s, a]); return Q",
-                 raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-q-learning: move Q(s, a) a fraction alpha of the way towards the TD target (the "
+                      "reward plus the discounted best value of the next state, which has no value if it is "
+                      "terminal); work on a copy and change only the entry (s, a).",
+                 raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-01-q-learning")
 
 
 def check_huber_loss(fn: Callable, raise_on_fail: bool = False) -> bool:
@@ -297,20 +305,23 @@ def check_huber_loss(fn: Callable, raise_on_fail: bool = False) -> bool:
     mistakes = [
         Mistake(lambda q, a, y: (0.5 * (gathered(q, a) - y) ** 2).mean(),
                 "that is the squared error for every size of error; Huber is quadratic only for |error| < 1 and "
-                "linear (|error| - 1/2) beyond, so a large TD error cannot produce a huge gradient."),
+                "linear beyond, so a large TD error cannot produce a huge gradient."),
         Mistake(lambda q, a, y: ((gathered(q, a) - y) ** 2).mean(),
-                "that is the plain squared error; Huber is 0.5 x^2 for |x| < 1 and |x| - 0.5 otherwise."),
+                "that is the plain squared error; Huber (eq-huber) is quadratic only for |x| < 1 and linear "
+                "beyond."),
         Mistake(lambda q, a, y: huber(q.max(-1).values - y).mean(),
-                "regress Q(s, a) of the action that was *taken* (q_values.gather with actions), not max_a Q(s, a)."),
+                "regress Q(s, a) of the action that was *taken*, not max_a Q(s, a)."),
         Mistake(lambda q, a, y: huber(gathered(q, a) - y).sum(),
                 "average over the batch (mean), do not sum."),
         Mistake(lambda q, a, y: (gathered(q, a) - y).abs().mean(),
-                "that is the absolute error everywhere; near zero Huber is quadratic, 0.5 x^2."),
+                "that is the absolute error everywhere; near zero Huber is quadratic (eq-huber)."),
         Mistake(lambda q, a, y: torch.where((gathered(q, a) - y).abs() < 1, (gathered(q, a) - y) ** 2,
                                             (gathered(q, a) - y).abs() - 0.5).mean(),
-                "the quadratic branch is 0.5 x^2 (so that the two branches and their slopes meet at |x| = 1)."),
+                "the quadratic branch has a factor one half, so that the two branches and their slopes meet "
+                "where |x| is 1 (eq-huber)."),
     ]
     return check(fn, cases, "huber_loss",
-                 hint="x = q_values.gather(1, actions[:, None]).squeeze(1) - targets; "
-                      "loss = torch.where(x.abs() < 1, 0.5 * x**2, x.abs() - 0.5).mean()",
-                 raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-dqn-loss and eq-huber: in each row take the Q-value of the action that was "
+                      "taken, compare it with its target, apply the Huber function with threshold 1 (quadratic "
+                      "near zero, linear beyond) and average over the batch.",
+                 raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-01-huber")

@@ -67,7 +67,7 @@ def check_conjugate_gradient(fn: Callable, raise_on_fail: bool = False) -> bool:
         case(torch.eye(3), [1.0, 2.0, 3.0], 1, "A = I: one iteration solves it"),
         case(torch.diag(torch.tensor([1.0, 4.0])), [1.0, 1.0], 2, "diagonal 2x2, two iterations: the exact solution"),
         case(torch.diag(torch.tensor([1.0, 4.0])), [1.0, 1.0], 1,
-             "diagonal 2x2, ONE iteration: x_1 = alpha_0 b, alpha_0 = (b.b)/(b.Ab)"),
+             "diagonal 2x2, ONE iteration: a single step along b"),
         case([[4.0, 1.0], [1.0, 3.0]], [1.0, 2.0], 2, "a 2x2 system from the textbooks, two iterations"),
         case(_spd(6, 10.0, 0), torch.randn(6, generator=torch.Generator().manual_seed(1), dtype=DTYPE), 6,
              "random 6x6 SPD matrix, 6 iterations: exact"),
@@ -93,20 +93,22 @@ def check_conjugate_gradient(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(lambda Avp, b, n: _run(Avp, b, n, lambda rn, r, p: rn),
-                "that is steepest descent: the new direction must be made A-conjugate to the old one, "
-                "p_{k+1} = r_{k+1} + beta_k p_k with beta_k = (r_{k+1} . r_{k+1}) / (r_k . r_k)."),
+                "that is steepest descent: the new direction must be the new residual corrected by a multiple "
+                "of the previous direction, which makes the directions A-conjugate (eq-cg)."),
         Mistake(lambda Avp, b, n: _run(Avp, b, n, lambda rn, r, p: rn + (rn @ rn) / (r @ r) * rn),
-                "beta_k multiplies the previous *direction* p_k, not the new residual: p_{k+1} = r_{k+1} + beta_k p_k."),
+                "beta_k multiplies the previous *direction* p_k, not the new residual."),
         Mistake(lambda Avp, b, n: _run(Avp, b, n, lambda rn, r, p: rn + (r @ r) / (rn @ rn) * p),
-                "beta_k is upside down: beta_k = (r_{k+1} . r_{k+1}) / (r_k . r_k), new residual on top."),
+                "beta_k is upside down: the squared norm of the *new* residual goes on top (eq-cg)."),
         Mistake(lambda Avp, b, n: torch.linalg.solve(Avp.A, b),
                 "with fewer iterations than the dimension CG does not reach A^{-1} b yet: return the CG iterate "
                 "after exactly `iters` iterations (and use only Avp, never the matrix)."),
     ]
     return check(fn, cases, "conjugate_gradient",
-                 hint="x = 0, r = p = b; repeat: Ap = Avp(p); alpha = (r.r)/(p.Ap); x += alpha p; r_new = r - alpha Ap; "
-                      "p = r_new + (r_new.r_new)/(r.r) p; r = r_new.",
-                 atol=1e-8, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-cg: start from zero, with the residual and the first direction both equal to b; "
+                      "each iteration steps along the current direction as far as minimises the quadratic, "
+                      "updates the residual, and builds the next direction A-conjugate to the previous one. "
+                      "Use only Avp, one call per iteration.",
+                 atol=1e-8, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-03-cg")
 
 
 # --------------------------------------------------------------------- Fisher-vector product
@@ -167,18 +169,20 @@ def check_fisher_vector_product(fn: Callable, raise_on_fail: bool = False) -> bo
 
     mistakes = [
         Mistake(lambda policy, obs, v: torch.zeros_like(v),
-                "you got F v = 0: the old distribution must be a *constant* (detach it, e.g. "
-                "Categorical(logits=dist.logits.detach())); if it moves with theta the KL is identically 0."),
+                "you got zero: the old distribution must be a *constant* copy, cut from the autograd graph; if "
+                "it moves with theta the KL is identically 0, and so is its Hessian."),
         Mistake(lambda policy, obs, v: fisher_vector_product(policy, obs, v, 0.0).detach() * obs.shape[0],
                 "the constraint is the *mean* KL over the states of the batch, not the sum."),
         Mistake(_score_outer,
-                "F is the expected outer product of the score over *all* actions (= the Hessian of the KL), "
-                "not the outer product of one averaged gradient: differentiate grad KL . v a second time."),
+                "F is the expected outer product of the score over *all* actions (the Hessian of the KL), "
+                "not the outer product of one averaged gradient: differentiate the product of the KL's "
+                "gradient with v a second time."),
     ]
     return check(fn, cases, "fisher_vector_product",
-                 hint="kl = kl_divergence(Categorical(logits=logits.detach()), Categorical(logits=logits)).mean(); "
-                      "g = autograd.grad(kl, params, create_graph=True); Fv = autograd.grad((flat(g) * v).sum(), params).",
-                 atol=1e-9, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-fisher and eq-fisher-vector-product: F is the Hessian of the mean KL between the "
+                      "frozen old policy and the current one; differentiate that KL once (keeping the graph), "
+                      "take the dot product of the gradient with v, and differentiate the result again.",
+                 atol=1e-9, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-03-fvp")
 
 
 # --------------------------------------------------------------------- the step from the KL radius
@@ -219,18 +223,21 @@ def check_trpo_step(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(scaled(lambda F, g: torch.linalg.solve(F, g), 1.0),
-                "the KL model is Delta^T F Delta / 2, so the boundary is at sqrt(2 delta / s^T F s), with the factor 2."),
+                "the quadratic KL model has a factor one half (the proposition of eq-trpo-step): your "
+                "step stops short of the boundary by a factor sqrt 2."),
         Mistake(scaled(lambda F, g: g, 2.0),
-                "that is the vanilla gradient scaled to the KL boundary; TRPO's direction is the natural gradient "
-                "s = F^{-1} g (solve F s = g)."),
+                "that is the vanilla gradient scaled to the KL boundary; TRPO's direction is the natural gradient, "
+                "the solution of a linear system with F."),
         Mistake(lambda F, g, d: (2 * d / (torch.linalg.solve(F, g) @ F @ torch.linalg.solve(F, g))) * torch.linalg.solve(F, g),
-                "the step length is the square root of 2 delta / (s^T F s)."),
+                "the step length is a *square root*: the KL model is quadratic in the step."),
         Mistake(lambda F, g, d: torch.linalg.solve(F, g),
-                "s = F^{-1} g is only the direction: scale it so that s^T F s / 2 equals delta."),
+                "the natural gradient is only the direction: scale it so that the quadratic KL model reaches "
+                "delta exactly."),
     ]
     return check(fn, cases, "trpo_step",
-                 hint="s = torch.linalg.solve(F, g); return torch.sqrt(2 * max_kl / (s @ F @ s)) * s",
-                 atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-trpo-step: the direction is the natural gradient (a linear system with F), and "
+                      "its length is chosen so that the quadratic KL model sits exactly on the boundary delta.",
+                 atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-03-step")
 
 
 # --------------------------------------------------------------------- surrogate on a tabular MDP
@@ -292,11 +299,13 @@ def check_surrogate_objective(fn: Callable, raise_on_fail: bool = False) -> bool
         Mistake(new_visitation, "you weighted the states by the visitation of the *new* policy: that is the exact "
                                 "J(pi_new) (eq-performance-difference). The surrogate freezes the visitation at pi_old."),
         Mistake(normalised, "the weights are the unnormalised discounted visitation eta(s) (summing to 1/(1-gamma)), "
-                            "not the distribution d(s) = eta(s) / sum eta."),
-        Mistake(with_q, "use the advantage A(s,a) = Q(s,a) - V(s), not Q itself."),
-        Mistake(no_j, "the surrogate starts from J(pi_old) = mu0 . V^{pi_old}; only the correction term was returned."),
+                            "not the normalised distribution d^pi (eq-dpi)."),
+        Mistake(with_q, "use the advantage of pi_old (eq-advantage), not Q itself."),
+        Mistake(no_j, "the surrogate starts from J(pi_old), the value of the old policy; only the correction "
+                      "term was returned."),
     ]
     return check(fn, cases, "surrogate_objective",
-                 hint="V, Q of pi_old (chapter 0), A = Q - V, eta^T = mu0^T (I - gamma P_old)^{-1}; "
-                      "L = mu0 @ V + sum(eta[:, None] * pi_new * A).",
-                 atol=1e-8, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-surrogate: start from J(pi_old) and add the advantages of pi_old (chapter 0's "
+                      "values), averaged over the actions of pi_new and weighted by the *unnormalised* "
+                      "discounted visitation eta of pi_old (eq-eta).",
+                 atol=1e-8, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-03-surrogate")

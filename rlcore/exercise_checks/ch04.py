@@ -90,21 +90,21 @@ def check_kstep_advantage(fn: Callable, raise_on_fail: bool = False) -> bool:
                 "that is a k-step *return*; the advantage estimate subtracts the baseline V(s_t)."),
         Mistake(lambda *a: _kstep_loop(*a, boot_exp=-1),
                 "off by one in the bootstrap's discount: after k rewards r_t .. r_{t+k-1} the value V(s_{t+k}) "
-                "is k steps away, so its weight is gamma**k."),
+                "is k steps away, as far as the step after the last reward."),
         Mistake(lambda *a: _kstep_loop(*a, boot_terminal=True),
-                "after a terminated step the next state is terminal and worth 0: do not add gamma^j V there."),
+                "after a terminated step the next state is terminal and worth 0: do not bootstrap there."),
         Mistake(lambda *a: _kstep_loop(*a, stop_at_ends=False),
                 "the sum must stop at the end of t's episode (terminated or truncated): the rewards after it "
                 "belong to the next episode."),
         Mistake(lambda *a: _kstep_loop(*a, use_values=True),
-                "bootstrap from next_values[t+j] (the real s_{t+j+1}), not values[t+j+1]: after an episode "
-                "end values[t+j+1] is the value of the *next* episode's first state."),
+                "bootstrap from next_values (the value of the real next state), not from the following entry of "
+                "values: after an episode end that is the value of the *next* episode's first state."),
     ]
     return check(fn, cases, "kstep_advantage",
-                 hint="for each t: add gamma**j * rewards[t+j] for j = 0, 1, ...; stop after k rewards, at an episode "
-                      "end or at the rollout's end, add gamma**(j+1) * (1 - terminated[t+j]) * next_values[t+j] there, "
-                      "then subtract values[t].",
-                 atol=1e-8, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-kstep-advantage: for each t sum up to k discounted rewards, stopping early at the "
+                      "end of t's episode or of the rollout; where you stop, bootstrap from the value of the next "
+                      "state (unless that step terminated), and subtract the baseline V(s_t).",
+                 atol=1e-8, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-04-kstep")
 
 
 # --------------------------------------------------------------------- value loss
@@ -145,9 +145,8 @@ def check_value_loss(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(lambda v, ret, old, eps: clipped(v, ret, old, None, torch.max),
-                "clip_coef is ignored: with a clip_coef, also compute the squared error of V_clip = V_old + "
-                "clip(V - V_old, -clip_coef, clip_coef) (clipped around the *old* values, not the returns) and "
-                "take the larger of the two."),
+                "clip_coef is ignored: with a clip_coef, also compute the squared error of the values clipped "
+                "to a band around the *old* values (not around the returns) and take the larger of the two."),
         Mistake(lambda v, ret, old, eps: clipped(v, ret, old, eps, torch.max, half=False),
                 "the loss is *half* the squared error (so its gradient is V - R)."),
         Mistake(lambda v, ret, old, eps: clipped(v, ret, old, eps, torch.min),
@@ -155,10 +154,10 @@ def check_value_loss(fn: Callable, raise_on_fail: bool = False) -> bool:
                 "term alone: like the policy's clipped objective, the clipped value loss is the pessimistic one."),
     ]
     return check(fn, cases, "value_loss",
-                 hint="per = (values - returns)**2; if clip_coef is not None: v_clip = old_values + (values - "
-                      "old_values).clamp(-clip_coef, clip_coef); per = torch.max(per, (v_clip - returns)**2); "
-                      "return 0.5 * per.mean()",
-                 atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-value-loss: half the squared error between values and returns; with a clip_coef, "
+                      "also the error of the values clipped to a band of width clip_coef around the *old* "
+                      "values, keeping per sample the larger of the two, then the mean over the batch.",
+                 atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-04-value-loss")
 
 
 # --------------------------------------------------------------------- explained variance
@@ -190,13 +189,16 @@ def check_explained_variance(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(lambda p, t: float(var(t - p) / var(t)),
-                "that is the *unexplained* fraction Var[y - y_hat] / Var[y]; explained variance is 1 minus it."),
+                "that is the *unexplained* fraction of the variance; explained variance is its complement."),
         Mistake(lambda p, t: float(1 - ((t - p) ** 2).mean() / var(t)),
                 "you used the mean squared error; explained variance uses the *variance* of the error, so a "
                 "constant offset in the prediction does not count against it."),
         Mistake(lambda p, t: float(var(p) / var(t)),
-                "Var[y_hat] / Var[y] only compares spreads; use the variance of the residual y - y_hat."),
+                "comparing the spread of the predictions with the spread of the targets ignores whether they "
+                "agree; use the variance of the residual, target minus prediction."),
     ]
     return check(fn, cases, "explained_variance",
-                 hint="return float(1 - torch.var(y_true - y_pred) / torch.var(y_true))",
-                 atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-explained-variance: compare the variance of the prediction error with the variance "
+                      "of the targets; 1 is a perfect critic, 0 no better than predicting the mean.",
+                 atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes,
+                 exercise="ex-04-explained-variance")

@@ -99,21 +99,24 @@ def check_per_token_rewards(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(lambda *a: _rewards_variant(*a, where="column"),
-                "the score belongs on each completion's *own* last generated token (index mask.sum(1) - 1), not on "
-                "the last column of the padded tensor."),
+                "the score belongs on each completion's *own* last generated token, not on the last column of "
+                "the padded tensor."),
         Mistake(lambda *a: _rewards_variant(*a, where="every"),
-                "the sequence score is paid once, at the end (the indicator 1[t = |o|]), not on every token."),
+                "the sequence score is paid once, at the end of the completion (eq-rlhf-reward), not on every "
+                "token."),
         Mistake(lambda *a: _rewards_variant(*a, where="first"),
                 "the score arrives when the completion is finished: on its last generated token, not the first."),
         Mistake(lambda *a: _rewards_variant(*a, flip=True),
-                "sign of the KL term: the penalty is -beta * log(pi_theta / pi_ref) = -beta * (logp - ref_logp)."),
+                "sign of the KL term: the penalty grows when the policy puts *more* probability on the token "
+                "than the reference does."),
         Mistake(lambda *a: _rewards_variant(*a, masked=False),
-                "padding positions must get reward 0: multiply the KL penalty by completion_mask."),
+                "padding positions must get reward 0: the KL penalty applies only to generated tokens."),
     ]
     return check(fn, cases, "per_token_rewards",
-                 hint="rewards = -beta * (logp - ref_logp) * completion_mask; then add scores[i] at "
-                      "[i, completion_mask[i].sum() - 1] for every row i.",
-                 atol=1e-5, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-rlhf-reward: every generated token pays the KL penalty of its own log-probability "
+                      "against the reference's, the sequence score is added once on each completion's own last "
+                      "generated token, and the padding gets nothing.",
+                 atol=1e-5, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-05-rewards")
 
 
 # --------------------------------------------------------------------- token-level PPO loss
@@ -171,23 +174,24 @@ def check_token_ppo_loss(fn: Callable, raise_on_fail: bool = False) -> bool:
     mistakes = [
         Mistake(lambda *a: _loss_variant(*a, agg="tokens"),
                 "that is the mean over all tokens of the batch (a long completion counts more). eq-ppo-lm averages "
-                "each completion's tokens first (divide by its own |o_i| = completion_mask[i].sum()), then averages "
-                "over completions."),
+                "each completion's tokens first (divided by its own length |o_i|), then averages over "
+                "completions."),
         Mistake(lambda *a: _loss_variant(*a, agg="padded"),
                 "you divided by the padded width L: divide each row's masked sum by its own length |o_i|."),
         Mistake(lambda *a: _loss_variant(*a, agg="nomask"),
-                "padding counted: multiply the per-token terms by completion_mask before summing."),
+                "padding counted: only the generated tokens (completion_mask) may enter the sums."),
         Mistake(lambda *a: _loss_variant(*a, clip=False),
-                "no clipping: the second term uses clip(rho, 1 - clip_coef, 1 + clip_coef) * A."),
+                "no clipping: the second term of eq-ppo-lm uses the ratio clipped to the band set by clip_coef."),
         Mistake(lambda *a: _loss_variant(*a, combine=torch.max),
                 "take the *min* of the unclipped and the clipped term (the pessimistic bound), not the max."),
         Mistake(lambda *a: _loss_variant(*a, sign=1.0),
                 "that is the objective J; the loss to minimise is its negative."),
     ]
     return check(fn, cases, "token_ppo_loss",
-                 hint="ratio = (logp - old_logp).exp(); per = -torch.min(ratio * A, ratio.clamp(1 - eps, 1 + eps) * A); "
-                      "return ((per * mask).sum(1) / mask.sum(1)).mean()",
-                 atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-ppo-lm and eq-token-ratio: the clipped PPO term of chapter 4, token by token; "
+                      "padding does not count, each completion's tokens are averaged first and then the "
+                      "completions, and the loss is the negative of the objective.",
+                 atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-05-token-loss")
 
 
 # --------------------------------------------------------------------- token-level GAE
@@ -244,16 +248,17 @@ def check_token_gae(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(lambda *a: _gae_loop(*a, bootstrap_end=True),
-                "the completion ended with EOS: the state after its last token is terminal, so use V = 0 there, "
-                "not values[i, |o_i|]."),
+                "the completion ended with EOS: the state after its last token is terminal and worth 0, "
+                "whatever values holds there."),
         Mistake(lambda *a: _gae_loop(*a, use_mask=False),
-                "each completion's recursion must start at its own last token (completion_mask[i].sum() - 1); "
-                "the padding after it is not part of the episode and its advantages are 0."),
+                "each completion's recursion must start at its own last generated token; the padding after it "
+                "is not part of the episode and its advantages are 0."),
         Mistake(lambda *a: _gae_loop(*a, lam_power=False),
-                "the recursion is A_t = delta_t + gamma * lambda * A_{t+1}: you forgot lambda."),
+                "lambda is missing: the advantage carried back from the next token is weighted by gamma lambda "
+                "(eq-gae)."),
     ]
     return check(fn, cases, "token_gae",
-                 hint="for each row i with n = mask[i].sum(): go backwards t = n-1 .. 0, v_next = values[i, t+1] if "
-                      "t < n-1 else 0, delta = rewards[i, t] + gamma * v_next - values[i, t], A = delta + gamma * "
-                      "gae_lambda * A_next.",
-                 atol=1e-5, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="reread eq-gae: GAE of chapter 4 along the tokens of each completion, going backwards from "
+                      "its own last generated token; the state after that token is terminal, and the padding "
+                      "gets advantage 0.",
+                 atol=1e-5, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-05-token-gae")

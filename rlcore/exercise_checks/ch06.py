@@ -57,27 +57,28 @@ def check_group_advantages(fn: Callable, raise_on_fail: bool = False) -> bool:
         case([1.0, 1.0, 0.0, 0.0, 1.0, 0.0], 3, "two prompts: each group is normalised on its own"),
         case([1.0, 1.0, 1.0, 0.0, 1.0, 0.0], 3,
              "the first group is all correct: zero advantage (no signal), not NaN",
-             hint="a group whose rewards are all equal has std 0: the 1e-4 in the denominator keeps the advantage at "
-                  "0 instead of 0/0 = NaN."),
+             hint="a group whose rewards are all equal has standard deviation 0: the 1e-4 in the denominator of "
+                  "eq-group-advantage keeps the advantage at 0 instead of 0/0, which is NaN."),
         case([5.0, 7.0, 9.0, 100.0, 101.0, 102.0], 3, "rewards on very different scales per prompt"),
         case(torch.rand(32, generator=g, dtype=DTYPE), 8, "random rewards, G = 8"),
         case((torch.rand(64, generator=g) < 0.3).to(DTYPE), 16, "random 0/1 rewards, G = 16"),
     ]
     mistakes = [
         Mistake(lambda r, G: _adv_variant(r, G, unbiased=False),
-                "use the sample standard deviation torch.std (divisor G - 1, as rlcore and TRL do), not the "
-                "population one (divisor G)."),
+                "use the sample standard deviation (divisor G - 1, as rlcore and TRL do), not the population one "
+                "(divisor G)."),
         Mistake(lambda r, G: _adv_variant(r, G, per_group=False),
-                "normalise within each group of G consecutive rewards (rewards.view(-1, G)), not over the whole batch:"
-                " the baseline is the mean reward of the *same* prompt."),
+                "normalise within each group of G consecutive rewards, not over the whole batch: the baseline is "
+                "the mean reward of the *same* prompt."),
         Mistake(lambda r, G: _adv_variant(r, G, centre=False),
                 "subtract the group mean first: an advantage says how much better than the group an answer is."),
         Mistake(lambda r, G: _adv_variant(r, G, scale=False),
-                "that is only centred (Dr. GRPO's choice); eq-group-advantage also divides by std + 1e-4."),
+                "that is only centred (Dr. GRPO's choice); eq-group-advantage also divides by the group's standard deviation (plus 1e-4)."),
     ]
     return check(fn, cases, "group_advantages",
-                 hint="r = rewards.view(-1, G); A = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4); "
-                      "return A.flatten()",
+                 hint="reread eq-group-advantage: the flat rewards come in groups of G consecutive answers to the "
+                      "same prompt; standardise each group with its own mean and sample standard deviation, and "
+                      "return the advantages in the original flat order.", exercise="ex-06-group-advantage",
                  # loose enough that std without the 1e-4 passes the ordinary cases: it fails (NaN) where it should
                  atol=1e-6, rtol=1e-3, raise_on_fail=raise_on_fail, mistakes=mistakes)
 
@@ -110,16 +111,18 @@ def check_kl_k3(fn: Callable, raise_on_fail: bool = False) -> bool:
     ]
     mistakes = [
         Mistake(lambda lp, rf: torch.exp(lp - rf) - (lp - rf) - 1,
-                "the ratio is upside down: k3 uses x = pi_ref / pi_theta = exp(ref_logp - logp)."),
-        Mistake(lambda lp, rf: lp - rf, "that is k1 = log(pi_theta / pi_ref); k3 is x - log x - 1 with x = pi_ref / pi_theta."),
-        Mistake(lambda lp, rf: 0.5 * (lp - rf) ** 2, "that is k2 = (log x)^2 / 2; k3 is x - log x - 1."),
+                "the ratio is upside down: k3 uses the reference's probability over the policy's, pi_ref / pi_theta."),
+        Mistake(lambda lp, rf: lp - rf, "that is k1, the log-ratio (eq-kl-k1); k3 is eq-kl-k3."),
+        Mistake(lambda lp, rf: 0.5 * (lp - rf) ** 2, "that is k2 (eq-kl-k2); k3 is eq-kl-k3."),
         Mistake(lambda lp, rf: torch.exp(rf - lp) - (rf - lp),
-                "missing the -1: without it the estimate of KL(p || p) would be 1, not 0."),
+                "a constant is missing: the estimate of KL(p || p) must be 0, and yours is 1."),
         Mistake(lambda lp, rf: torch.exp(rf - lp) + (rf - lp) - 1,
-                "sign of the log term: k3 = x - log x - 1 (it is >= 0 because log x <= x - 1)."),
+                "sign of the log term: k3 is never negative, because log x is at most x minus 1."),
     ]
-    return check(fn, cases, "kl_k3", hint="x_log = ref_logp - logp; return torch.exp(x_log) - x_log - 1",
-                 atol=1e-9, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes)
+    return check(fn, cases, "kl_k3",
+                 hint="reread eq-kl-k3: write the probability ratio pi_ref / pi_theta with the two log-probabilities "
+                      "(never exponentiate them one by one), then apply the estimator elementwise.",
+                 atol=1e-9, rtol=1e-6, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-06-k3")
 
 
 # --------------------------------------------------------------------- aggregation
@@ -197,18 +200,19 @@ def check_grpo_aggregation(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(lambda p, m, lt, ml: _agg_variant(p, m, lt, ml, wrong="padded"),
-                "grpo: divide each row's sum by its own length |o_i| = completion_mask[i].sum(), not by the padded width."),
+                "grpo: divide each row's sum by its own length |o_i| (its generated tokens), not by the padded width."),
         Mistake(lambda p, m, lt, ml: _agg_variant(p, m, lt, ml, wrong="tokens"),
                 "you pooled all tokens of the batch: that is bnpo. grpo averages within each completion first; dr_grpo "
-                "divides by the constant N * max_completion_length."),
+                "divides by a constant of the run."),
         Mistake(lambda p, m, lt, ml: _agg_variant(p, m, lt, ml, wrong="seqmean"),
-                "bnpo pools every generated token of the batch: sum of (per_token * mask) over everything, divided by "
-                "the number of generated tokens (not a mean of per-completion means)."),
+                "bnpo pools every generated token of the batch: one average over all of them, not a mean of "
+                "per-completion means."),
         Mistake(lambda p, m, lt, ml: _agg_variant(p, m, lt, ml, wrong="width"),
-                "dr_grpo divides by N * max_completion_length (the generation budget, a constant of the run), not by "
+                "dr_grpo's normaliser uses the generation budget max_completion_length, a constant of the run, not "
                 "the width L of this batch, which changes from batch to batch."),
     ]
     return check(fn, cases, "grpo_aggregation",
-                 hint="s = per_token * completion_mask; grpo: (s.sum(1) / mask.sum(1)).mean(); bnpo: s.sum() / mask.sum(); "
-                      "dr_grpo: s.sum() / (N * max_completion_length).",
-                 atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes)
+                 hint="only generated tokens count (completion_mask); then the three rules of the exercise differ "
+                      "in the normaliser: grpo averages within each completion and then over completions, bnpo "
+                      "over all generated tokens at once, dr_grpo divides by a constant of the run.",
+                 atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-06-aggregation")

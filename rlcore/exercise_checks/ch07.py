@@ -92,19 +92,22 @@ def check_format_reward(fn: Callable, raise_on_fail: bool = False) -> bool:
         return float(bool(re.fullmatch(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", completion, re.DOTALL)))
 
     mistakes = [
-        Mistake(regex_search, "re.search finds the pattern anywhere, so text before or after the blocks (or a "
-                              "second block) passes: anchor it with re.fullmatch and count each tag."),
-        Mistake(no_count, "a non-greedy fullmatch can still swallow extra tags (nested or repeated blocks, empty "
-                          "contents): require each tag exactly once and non-empty contents (.strip())."),
+        Mistake(regex_search, "a search finds the pattern anywhere, so text before or after the blocks (or a "
+                              "second block) passes: the pattern must cover the whole completion, and each tag "
+                              "must appear once."),
+        Mistake(no_count, "a pattern anchored at both ends can still swallow extra tags (nested or repeated "
+                          "blocks) or accept empty blocks: require each tag exactly once and contents that are "
+                          "not only whitespace."),
         Mistake(both_tags, "the tags being present is not enough: check their order, that each appears exactly "
                            "once, and that nothing else is outside the blocks."),
         Mistake(contains_answer, "checking that '<answer>' appears is exactly the weak reward the chapter "
                                  "hacked: require the whole completion to be <think>...</think><answer>...</answer>."),
     ]
     return check(fn, cases, "format_reward", raise_on_fail=raise_on_fail, mistakes=mistakes,
-                 hint="count each of the four tags (exactly one each), then match the whole string with "
-                      r"re.fullmatch(r'\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*', ..., re.DOTALL) "
-                      "and require both groups to be non-empty after .strip().")
+                 exercise="ex-07-format",
+                 hint="reread eq-r1-format-reward and the hacking cases above: each of the four tags exactly once, "
+                      "in the right order, both blocks with real content, and nothing but whitespace outside "
+                      "them; check the *whole* completion, not a part of it.")
 
 
 # --------------------------------------------------------------------- answer extraction and grading
@@ -161,13 +164,14 @@ def check_answer_grading(fn: Callable, raise_on_fail: bool = False) -> bool:
         Mistake(first_block, "you graded the first <answer> block; grade the last one, so writing several "
                              "answers cannot hedge."),
         Mistake(string_equal, "compare numbers, not strings: '0042' and '42.0' are the number 42 "
-                              "(parse with fractions.Fraction after checking that the text is one number)."),
+                              "(compare them exactly, as rational numbers, once you know the text is one number)."),
         Mistake(substring, "'42 apples' contains 42 but is not the answer 42: the whole block must be one number."),
     ]
     return check(fn, cases, "answer_grading", raise_on_fail=raise_on_fail, mistakes=mistakes,
-                 hint="find the last '</answer>' and the '<answer>' before it (str.rfind), strip the text "
-                      r"between them, check it with re.fullmatch(r'[+-]?(\d+(\.\d*)?|\.\d+)', ...) and compare "
-                      "Fraction(text) == Fraction(reference).")
+                 exercise="ex-07-answer",
+                 hint="reread eq-r1-accuracy-reward: only the content of the *last* complete answer block counts; "
+                      "it must be one number (a sign and a decimal point allowed, nothing else) and it is compared "
+                      "with the reference as a number, exactly, not as a string.")
 
 
 # --------------------------------------------------------------------- reflection rate
@@ -217,12 +221,13 @@ def check_reflection_rate(fn: Callable, raise_on_fail: bool = False) -> bool:
 
     mistakes = [
         Mistake(substring, "plain substring search counts 'waiting' as 'wait' and 'checkpoint' as 'check': "
-                           r"match whole words, e.g. with a regex and \b or lookarounds."),
+                           "match whole words and phrases only."),
         Mistake(counts, "you counted reflection words per completion; the rate is the share of completions "
                         "with at least one."),
-        Mistake(case_sensitive, "ignore case: 'Wait' and 'HMM' are reflection words too (re.IGNORECASE)."),
+        Mistake(case_sensitive, "ignore case: 'Wait' and 'HMM' are reflection words too."),
     ]
     return check(fn, cases, "reflection_rate", raise_on_fail=raise_on_fail, mistakes=mistakes,
-                 hint=r"build one regex (?<![\w-])(?:w1|w2|...)(?![\w-]) with re.escape and re.IGNORECASE "
-                      "(longest words first), and return the share of completions where it finds a match "
-                      "(0.0 for an empty list).")
+                 exercise="ex-07-reflection",
+                 hint="reread eq-reflection-rate: a completion counts when it contains one of the words or phrases "
+                      "as a whole word, in any case ('Wait,' yes, 'waiting' no); the rate is the share of such "
+                      "completions, and 0.0 when there are none.")

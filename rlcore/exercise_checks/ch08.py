@@ -79,9 +79,10 @@ def check_language_share(fn: Callable, raise_on_fail: bool = False) -> bool:
                             "Korean word count one each."),
     ]
     return check(fn, cases, "language_share", raise_on_fail=raise_on_fail, mistakes=mistakes,
-                 hint="walk through the characters; a letter's script is the first word of "
-                      "unicodedata.name(ch) (LATIN, HANGUL, CJK, ...); start a new word whenever the script "
-                      "changes or a non-letter appears, and after every CJK character.")
+                 exercise="ex-08-language",
+                 hint="reread the exercise's definition of a word: a word ends where the script changes or a "
+                      "non-letter appears, every Chinese character is a word of its own, and a word is English "
+                      "when all its letters are ASCII (the statement says how to find a letter's script).")
 
 
 # --------------------------------------------------------------------- SFT labels and loss
@@ -135,8 +136,9 @@ def check_sft_labels(fn: Callable, raise_on_fail: bool = False) -> bool:
                          "them by one (logits at t predict token t+1)."),
     ]
     return check(fn, cases, "sft_labels", raise_on_fail=raise_on_fail, mistakes=mistakes,
-                 hint="labels = [-100] * len(prompt_ids) + completion_ids + [eos_id], as a list of ints "
-                      "of the same length as the input ids.")
+                 exercise="ex-08-labels",
+                 hint="reread eq-sft-loss: the labels line up with the input ids (prompt, completion, EOS); the "
+                      "prompt positions are ignored (-100), while every completion token and the EOS are learned.")
 
 
 def check_sft_loss(fn: Callable, raise_on_fail: bool = False) -> bool:
@@ -175,10 +177,13 @@ def check_sft_loss(fn: Callable, raise_on_fail: bool = False) -> bool:
         return ((lp * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
     mistakes = [
-        Mistake(no_shift, "shift by one: the logits at position t predict the token at t+1, so compare "
-                          "logits[:, :-1] with labels[:, 1:]."),
+        Mistake(no_shift, "shift by one: the logits at position t predict the token at t+1, so the last "
+                          "position has no label and the first label has no prediction."),
         Mistake(per_sequence, "average over all completion tokens of the batch, not per sequence then over "
                               "sequences (each token has the same weight)."),
     ]
     return check(fn, cases, "sft_loss", raise_on_fail=raise_on_fail, mistakes=mistakes, atol=1e-6,
-                 hint="F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=-100).")
+                 exercise="ex-08-loss",
+                 hint="reread eq-sft-loss: line the logits at each position up with the label of the *next* "
+                      "position, leave out the positions labelled -100, and average the cross-entropy over all "
+                      "remaining tokens of the batch.")

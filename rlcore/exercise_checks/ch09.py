@@ -104,8 +104,10 @@ def check_rejection_filter(fn: Callable, raise_on_fail: bool = False) -> bool:
                               "right answer to two different questions."),
     ]
     return check(fn, cases, "rejection_filter", raise_on_fail=raise_on_fail, mistakes=mistakes,
-                 hint="loop over the prompts i and, inside, over j in range(i*k, (i+1)*k); keep j when both rewards "
-                      "are >= 1, the text is not among this prompt's kept texts, and the cap is not reached.")
+                 exercise="ex-09-rejection",
+                 hint="reread eq-rejection-sampling: go through the prompts one at a time; within a prompt's group "
+                      "keep a completion when both rewards are 1, its text is not among those already kept *for "
+                      "this prompt*, and the prompt's cap is not reached.")
 
 
 # --------------------------------------------------------------------- compute accounting
@@ -152,15 +154,17 @@ def check_grpo_step_flops(fn: Callable, raise_on_fail: bool = False) -> bool:
         return 2.0 * N * fwd + 2.0 * N * n * (P + L) * mu
 
     mistakes = [
-        Mistake(prefill_per_sample, "with a KV cache the prompt is prefilled once per prompt, not once per sample: "
-                                    "generation costs prompts_per_step * P + N_samples * L forward tokens."),
+        Mistake(prefill_per_sample, "with a KV cache the prompt is prefilled once per prompt, not once per "
+                                    "sample; only the generated tokens are paid per sample."),
         Mistake(always_old, "with num_iterations == 1 the old log-probs equal the current ones (detached): no extra "
                             "forward pass is needed."),
         Mistake(train_2n, "a trained token costs a forward *and* a backward pass: 6 N, not 2 N."),
     ]
     return check(fn, cases, "grpo_step_flops", raise_on_fail=raise_on_fail, mistakes=mistakes, rtol=1e-9,
-                 hint="n = prompts_per_step * num_generations; forward tokens = prompts_per_step * P + n * L "
-                      "+ n * (P + L) * ((mu > 1) + (beta > 0)); FLOPs = 2 N * forward + 6 N * n * (P + L) * mu.")
+                 exercise="ex-09-flops",
+                 hint="reread eq-distill-compute and the rules in the exercise: count the forward tokens (the "
+                      "prefill, the generated tokens, and the extra passes for old and reference log-probs, each "
+                      "only when it is needed) and the trained tokens of every update, and price them separately.")
 
 
 # --------------------------------------------------------------------- reading the thinking
@@ -200,11 +204,12 @@ def check_think_length(fn: Callable, raise_on_fail: bool = False) -> bool:
         return think_length(c, pre)
 
     mistakes = [
-        Mistake(ignore_prefill, "with prefilled_think=True the '<think>' is in the prompt, not the completion: "
+        Mistake(ignore_prefill, "with prefilled_think true the '<think>' is in the prompt, not the completion: "
                                 "prepend it before parsing."),
         Mistake(zero_unclosed, "a block cut off by max_new_tokens still holds thinking: count up to the end."),
     ]
     return check(fn, cases, "think_length", raise_on_fail=raise_on_fail, mistakes=mistakes,
-                 hint="text = '<think>' + completion if prefilled_think else completion; if there is no '<think>', "
-                      "return 0; take what follows the first '<think>' up to the next '</think>' (or the end) "
-                      "and return len(that.split()).")
+                 exercise="ex-09-think",
+                 hint="with prefilled_think the opening tag is in the prompt, not in the completion; count the "
+                      "whitespace-separated words between the first opening tag and the next closing tag (or the "
+                      "end of the text); without a think block the count is 0.")
