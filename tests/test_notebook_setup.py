@@ -25,8 +25,12 @@ def test_setup_seeds_and_sets_threads(capsys):
 
     from rlcore.notebook import setup
 
-    setup(seed=3, threads=1)
-    a = random.random(), torch.rand(1).item()
-    setup(seed=3, threads=1)
-    assert (random.random(), torch.rand(1).item()) == a and torch.get_num_threads() == 1
+    threads = torch.get_num_threads()
+    try:
+        setup(seed=3, threads=1)
+        a = random.random(), torch.rand(1).item()
+        setup(seed=3, threads=1)
+        assert (random.random(), torch.rand(1).item()) == a and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)  # the rest of the test session keeps its threads
     assert "quick mode:" in capsys.readouterr().out
