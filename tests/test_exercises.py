@@ -1,6 +1,8 @@
 """The exercise checkers: right answers pass (rlcore's and independent implementations),
 typical wrong answers fail with the message that names the mistake, and errors in the
 reader's code become a readable message instead of a traceback."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -291,3 +293,92 @@ def test_generic_check_and_compare():
     assert "largest error" in ex.compare(1.1, 1.0)
     assert ex.compare((1.0, np.ones(2)), (1.0, np.ones(2))) is None
     assert "output 1" in ex.compare((1.0, np.zeros(2)), (1.0, np.ones(2)))
+
+
+# --------------------------------------------------------------------- hints give no answer away
+def _all_texts():
+    """(checker, kind, text) for every hint, known-mistake hint, case hint and case label of every checker."""
+    out = []
+    for name, checker in ex.all_checkers().items():
+        info = ex.checker_texts(checker)
+        out += [(name, "hint", info["hint"])] if info["hint"] else []
+        out += [(name, "mistake", h) for h in info["mistakes"]]
+        out += [(name, "case hint", h) for h in info["case_hints"]]
+        out += [(name, "label", h) for h in info["labels"]]
+    return out
+
+
+def _solution_lines():
+    import json
+
+    from rlcore import grading
+
+    lines = []
+    for path in sorted(grading.CHAPTERS.glob("[0-9]*.ipynb")):
+        nb = json.loads(path.read_text())
+        lines += grading.solution_sources(nb)
+        for model in grading.model_answers(nb).values():
+            lines += model.split("\n")
+    return [line for line in lines if len("".join(line.split())) >= 12]
+
+
+def test_every_checker_is_listed_and_says_which_exercise_it_checks():
+    checkers = ex.all_checkers()
+    assert len(checkers) >= 34
+    unlabelled = [name for name, c in checkers.items() if not ex.checker_texts(c)["exercise"]]
+    assert unlabelled == ["rlcore.exercises.check_td_target"], unlabelled  # used by no chapter
+
+
+def test_no_hint_contains_code_a_typeable_formula_or_a_solution_line():
+    solution = _solution_lines()
+    assert len(solution) > 100
+    bad = [f"{name} ({kind}): {text!r}\n      {ex.hint_problems(text, solution)}"
+           for name, kind, text in _all_texts() if kind != "label" and ex.hint_problems(text, solution)]
+    assert not bad, "hints must be conceptual (see rlcore.exercises.hint_problems):\n" + "\n".join(bad)
+
+
+def test_case_labels_contain_no_library_code_and_no_solution_line():
+    solution = {"".join(line.split()) for line in _solution_lines()}
+    bad = []
+    for name, kind, text in _all_texts():
+        if kind != "label":
+            continue
+        flat = "".join(text.split())
+        if re.search(r"\b(?:torch|np|numpy|F|re)\.\w", text) or any(s in flat for s in solution if len(s) >= 15):
+            bad.append(f"{name}: {text!r}")
+    assert not bad, "\n".join(bad)
+
+
+def test_equations_named_in_hints_exist_in_the_chapters():
+    import json
+
+    from rlcore import grading
+
+    known = set()
+    for path in sorted(grading.CHAPTERS.glob("[0-9]*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            src = "".join(cell["source"])
+            known |= set(re.findall(r"\$\$\s*\((eq-[\w-]+)\)", src)) | set(re.findall(r":label:\s*(eq-[\w-]+)", src))
+    named = {(name, label.rstrip("-.,")) for name, kind, text in _all_texts()
+             for label in re.findall(r"\beq-[\w-]+", text)}
+    assert named
+    missing = sorted(f"{name}: {label}" for name, label in named if label not in known)
+    assert not missing, "hints name equations that no chapter defines:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("name", sorted(ex.all_checkers()))
+def test_an_unwritten_stub_gets_only_not_implemented(name, capsys):
+    checker = ex.all_checkers()[name]
+
+    def stub(*args):
+        ...
+
+    def raises(*args):
+        raise NotImplementedError
+
+    for fn in (stub, raises):
+        assert checker(fn) is False
+        out = capsys.readouterr().out
+        assert out.startswith("✗") and "not implemented yet" in out, out
+        assert "Hint" not in out and "expected" not in out and "input" not in out, out
+        assert len(out.strip().split("\n")) == 2, out
