@@ -6,7 +6,9 @@
 
 Outputs
     book/_build/html/             the book, every notebook executed
-    book/_build/student/html/     the student edition: same pages, solutions hidden
+    book/_build/student/html/     the student edition: same pages, solutions hidden;
+                                  its downloadable sources (_sources/) are the student
+                                  notebooks of `python -m rlcore.grading release`
     book/_build/logs/*.log        the full Sphinx logs
 
 Execution (--execute):
@@ -25,6 +27,7 @@ errors or warnings about broken references (see ``check_log``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -144,6 +147,33 @@ def build_edition(
     return rc, out, html
 
 
+def student_sources(html: Path, repo: Path) -> list[Path]:
+    """Replace the student edition's downloadable sources by versions without solutions.
+
+    Sphinx copies every source file to ``_sources/`` (the page's download button), so the
+    student edition would otherwise ship each chapter notebook with its ``{solution}``
+    blocks and model-answer cells. Notebooks become the student notebooks of
+    :func:`rlcore.grading.student_notebook`; markdown sources lose their solution blocks.
+    Returns the files rewritten.
+    """
+    sys.path.insert(0, str(repo))
+    from rlcore.grading import student_markdown, student_notebook
+
+    changed = []
+    sources = html / "_sources"
+    for path in sorted(sources.rglob("*")) if sources.is_dir() else []:
+        if path.suffix == ".ipynb":
+            nb = json.loads(path.read_text(encoding="utf-8"))
+            new = json.dumps(student_notebook(nb, chapter=path.stem), indent=1, ensure_ascii=False) + "\n"
+        elif path.suffix in (".md", ".txt") and "{solution" in path.read_text(encoding="utf-8"):
+            new = student_markdown(path.read_text(encoding="utf-8"))
+        else:
+            continue
+        path.write_text(new, encoding="utf-8")
+        changed.append(path)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Build the book (normal + student editions).")
     ap.add_argument("--execute", choices=["fresh", "cache", "force", "off"], default="fresh")
@@ -180,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     if results[0][0] == 0 and not args.no_student:
         results.append(build_edition(repo, student=True, execute=student_mode, cache=cache,
                                      quiet=args.quiet))
+        if results[-1][0] == 0:
+            rewritten = student_sources(results[-1][2], repo)
+            print(f"student edition: {len(rewritten)} downloadable source(s) without solutions")
 
     status = 0
     for (rc, log, html), name in zip(results, ["main", "student"]):

@@ -9,7 +9,11 @@ loads pages in headless Chromium served from 127.0.0.1.  Fails when
 * any built page loads a script, style sheet, image or frame from another host;
 * a rendered page still shows raw math delimiters (``$$``, ``\\(``, ``\\[``) outside
   code, or has math but no MathJax output (``mjx-container``);
-* the student edition still contains a solution that the normal edition shows.
+* the student edition still contains a solution that the normal edition shows, or any
+  distinctive line of any solution (``{solution}`` blocks, gated solution regions and
+  model-answer cells, found by :func:`rlcore.grading.solution_sources`) anywhere in its
+  files: pages, ``_sources/`` (the downloadable notebooks), API pages; or a checker hint
+  that contains code.
 
 Screenshots go to book/_build/screenshots/.  Without Chromium the test is skipped,
 except under CI (env var CI set), where it fails: CI must prove the site.
@@ -43,6 +47,9 @@ FIXTURE_EXERCISE = "compute the discounted return of the fixture"
 
 sys.path.insert(0, str(REPO / "scripts"))
 from build_book import check_log  # noqa: E402
+
+from rlcore.exercises import all_checkers, checker_texts, hint_problems  # noqa: E402
+from rlcore.grading import solution_sources, student_notebook  # noqa: E402
 
 
 def _unavailable(reason: str):
@@ -93,6 +100,102 @@ def _solution_sources(nb: dict) -> list[str]:
                 out.append(lines[i])
             i += 1
     return out
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+_CODE_FENCE_RE = re.compile(r"^\s*(?P<fence>`{3,}|~{3,})(?P<lang>[\w+-]*)\s*$")
+_PROSE_RUN_RE = re.compile(r"[A-Za-z][A-Za-z ,]*[A-Za-z]")
+
+
+def _solution_probes(chapters: Path, rlcore_dir: Path, min_chars: int = 20) -> list[dict]:
+    """The distinctive pieces of every solution in ``chapters``: each code line (in a fence of a
+    solution block, or in a model-answer or gated code cell) and each run of >= 5 plain words of
+    solution prose, at least ``min_chars`` characters without whitespace, that occurs nowhere
+    in the rest of the notebook (its student version) nor in rlcore's source (which the book
+    publishes on purpose: the API pages show it). ``shown`` says whether the normal edition
+    should show it (model answers tagged ``remove-cell`` are hidden in both editions)."""
+    library = _squash("\n".join(p.read_text(errors="replace") for p in sorted(rlcore_dir.rglob("*.py"))))
+    probes = []
+    for path in sorted(chapters.glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        rest = _squash("\n".join("".join(c.get("source", "")) for c in student_notebook(nb)["cells"]))
+        hidden = {line for c in nb["cells"] if "remove-cell" in (c.get("metadata", {}).get("tags") or [])
+                  for line in "".join(c.get("source", "")).split("\n")}
+        code_cells = {line for c in nb["cells"] if c.get("cell_type") == "code"
+                      for line in "".join(c.get("source", "")).split("\n")}
+        fence = ""  # the code fence we are in ('' outside): ```python ... ```
+        for line in solution_sources(nb):
+            m = _CODE_FENCE_RE.match(line)
+            if not fence and m and m["lang"]:
+                fence = m["fence"]
+                continue
+            if fence and line.strip() == fence:
+                fence = ""
+                continue
+            in_fence = bool(fence)
+            if _OPEN_RE.match(line) or line.strip().startswith(":"):
+                continue  # a directive's fence or option
+            pieces = [line] if (in_fence or line in code_cells) else [
+                run.strip(" ,") for run in _PROSE_RUN_RE.findall(
+                    re.sub(r"\$[^$]*\$|`[^`]*`|\[[^\]]*\]\([^)]*\)|\{[^}]*\}", "|", line))
+                if len(run.split()) >= 5]
+            for piece in pieces:
+                flat = _squash(piece)
+                if len(flat) >= min_chars and flat not in rest and flat not in library:
+                    probes.append({"page": f"chapters/{path.stem}", "text": piece.strip(), "flat": flat,
+                                   "shown": line not in hidden})
+    return probes
+
+
+class _AllText(HTMLParser):
+    """Every text node of a page (code included), without scripts and styles."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.skip = 0
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self.skip += 1
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") and self.skip:
+            self.skip -= 1
+
+    def handle_data(self, data):
+        if not self.skip:
+            self.parts.append(data)
+
+
+def _edition_texts(html_dir: Path) -> dict[str, str]:
+    """Whitespace-free text of every readable file of an edition: pages, notebooks (sources and
+    outputs) and plain-text sources; scripts, styles and binaries are left out."""
+    texts = {}
+    for path in sorted(html_dir.rglob("*")):
+        if not path.is_file():
+            continue
+        rel = str(path.relative_to(html_dir))
+        if path.suffix == ".html":
+            parser = _AllText()
+            parser.feed(path.read_text(errors="replace"))
+            texts[rel] = _squash("".join(parser.parts))
+        elif path.suffix == ".ipynb":
+            nb = json.loads(path.read_text())
+            chunks = []
+            for cell in nb.get("cells", []):
+                chunks.append("".join(cell.get("source", "")))
+                for out in cell.get("outputs", []):
+                    chunks.append("".join(out.get("text", "")))
+                    chunks += ["".join(v) if isinstance(v, list) else str(v)
+                               for k, v in (out.get("data") or {}).items() if k.startswith("text/")]
+            texts[rel] = _squash("\n".join(chunks))
+        elif path.suffix in (".md", ".txt", ".rst", ".py", ".json") and "_static" not in path.parts:
+            texts[rel] = _squash(path.read_text(errors="replace"))
+    return texts
 
 
 def _plain_phrase(lines: list[str], whole_source: str) -> str | None:
@@ -264,6 +367,7 @@ def site(tmp_path_factory):
     fixture_page = f"chapters/{CHAPTER0}" if not ch0.exists() else "chapters/99_site_fixture"
     (root / f"{fixture_page}.ipynb").write_text(json.dumps(_fixture_notebook(), indent=1))
     checks += [(fixture_page, FIXTURE_SOLUTION), (fixture_page, FIXTURE_GATED)]
+    probes = _solution_probes(root / "chapters", root / "rlcore")
 
     proc = subprocess.run(
         [sys.executable, str(root / "scripts" / "build_book.py"), "--execute", "off",
@@ -285,7 +389,7 @@ def site(tmp_path_factory):
     page = f"chapters/{CHAPTER0}"  # the real chapter 0, or the fixture standing in for it
     if not (html["main"] / f"{page}.html").exists():
         page = "intro"
-    return {"root": root, "html": html, "logs": logs, "checks": checks, "page": page,
+    return {"root": root, "html": html, "logs": logs, "checks": checks, "page": page, "probes": probes,
             "chromium": chromium, "chapters": sorted(p.stem for p in (root / "chapters").glob("*.ipynb"))}
 
 
@@ -322,6 +426,38 @@ def test_student_edition_hides_solutions(site):
         if text in (FIXTURE_SOLUTION, FIXTURE_GATED):
             assert FIXTURE_EXERCISE in student, "student edition lost the exercise itself"
             assert "Text after the solution" in student
+
+
+def test_student_edition_has_no_solution_text_anywhere(site):
+    """No distinctive line of any solution in any file of the student edition (pages,
+    _sources/ notebooks, API pages), while the normal edition shows each of them."""
+    probes = site["probes"]
+    assert len(probes) >= 50, f"only {len(probes)} solution lines to look for: is the extraction broken?"
+    assert any(FIXTURE_GATED in p["text"] for p in probes), "the gated fixture solution is not probed"
+    main = _edition_texts(site["html"]["main"])
+    student = _edition_texts(site["html"]["student"])
+    assert any(name.startswith("_sources/") and name.endswith(".ipynb") for name in student), \
+        "the student edition ships no notebook sources: update this test to what it ships"
+    missing = [p for p in probes if p["shown"] and p["flat"] not in main.get(f"{p['page']}.html", "")]
+    assert not missing, ("the normal edition does not show these solution lines (the probe extraction or "
+                         "the normalisation is off):\n" + "\n".join(f"{p['page']}: {p['text']}" for p in missing[:20]))
+    leaks = [f"{name}: {p['text']}" for p in probes for name, text in student.items() if p["flat"] in text]
+    assert not leaks, f"{len(leaks)} solution line(s) in the student edition:\n" + "\n".join(leaks[:40])
+
+
+def test_student_edition_shows_no_hint_with_code(site):
+    """Every checker hint that the student edition shows (e.g. in the API pages' source) is
+    conceptual: no code, no formula to type in (rlcore.exercises.hint_problems)."""
+    hints = []
+    for checker in all_checkers().values():
+        info = checker_texts(checker)
+        hints += [info["hint"], *info["mistakes"], *info["case_hints"]]
+    hints = [h for h in hints if h]
+    assert hints
+    student = _edition_texts(site["html"]["student"])
+    bad = [f"{name}: {h!r}: {hint_problems(h)}" for h in hints for name, text in student.items()
+           if hint_problems(h) and _squash(h) in text]
+    assert not bad, "\n".join(bad[:20])
 
 
 @pytest.mark.parametrize("edition", ["main", "student"])

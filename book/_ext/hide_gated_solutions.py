@@ -13,11 +13,17 @@ it only drops the opening directive: the cells in between would still be shown.
 This extension replaces ``solution-start`` by a directive that, when solutions are
 hidden, leaves a marker; a transform then removes everything from the marker up to
 and including the matching ``solution-end``.
+
+When solutions are hidden it also removes the *model-answer cells*: code cells that
+assert that an exercise checker accepts a correct solution (``assert
+checks.check_x(reference)``, see :func:`rlcore.grading.is_model_answer`); the student
+notebooks of ``python -m rlcore.grading release`` leave out the same cells.
 """
 
 from __future__ import annotations
 
 from docutils import nodes
+from sphinx.errors import ExtensionError
 from sphinx.transforms import SphinxTransform
 from sphinx.util import logging
 
@@ -66,6 +72,31 @@ class RemoveHiddenGatedSolutions(SphinxTransform):
                 parent.remove(child)
 
 
+class RemoveModelAnswerCells(SphinxTransform):
+    """Student edition: drop the code cells that hold a model answer (myst-nb cell containers)."""
+
+    default_priority = 5
+
+    def apply(self, **kwargs):
+        if not self.config.hide_solutions:
+            return
+        try:
+            from rlcore.grading import is_model_answer
+        except ImportError as exc:  # the student edition must not silently keep the answers
+            raise ExtensionError(f"hide_gated_solutions needs rlcore on the path: {exc}") from exc
+        for cell in list(self.document.findall(nodes.container)):
+            if cell.get("nb_element") != "cell_code" or cell.parent is None:
+                continue
+            source = "\n".join(
+                block.astext()
+                for part in cell.children
+                if isinstance(part, nodes.container) and part.get("nb_element") == "cell_code_source"
+                for block in part.findall(nodes.literal_block)
+            )
+            if source and is_model_answer(source):
+                cell.parent.remove(cell)
+
+
 def _skip(self, node):
     raise nodes.SkipNode
 
@@ -75,4 +106,5 @@ def setup(app):
     app.add_node(hidden_solution_start, html=(_skip, None), latex=(_skip, None))
     app.add_directive("solution-start", HidableSolutionStart, override=True)
     app.add_transform(RemoveHiddenGatedSolutions)
+    app.add_transform(RemoveModelAnswerCells)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
