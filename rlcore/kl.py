@@ -2,11 +2,11 @@
 
 All three estimate ``KL(pi_theta || pi_ref) = E_{x ~ pi_theta}[log pi_theta(x) - log pi_ref(x)]``
 from samples ``x ~ pi_theta``, given per-sample log-probabilities under both policies.
-Write ``log_ratio = log pi_ref(x) - log pi_theta(x)`` and ``r = exp(log_ratio)``:
+Write ``log_ratio = log pi_ref(x) - log pi_theta(x)`` and ``x_r = exp(log_ratio)`` (the book's x_r):
 
-* k1 = -log r               unbiased, can be negative, high variance;
-* k2 = (log r)^2 / 2        biased, always >= 0, low variance;
-* k3 = r - log r - 1        unbiased (because E[r] = 1) and always >= 0 (since log r <= r - 1).
+* k1 = -log x_r             unbiased, can be negative, high variance;
+* k2 = (log x_r)^2 / 2      biased, always >= 0, low variance;
+* k3 = x_r - log x_r - 1    unbiased (because E[x_r] = 1) and always >= 0 (since log x_r <= x_r - 1).
 
 "Unbiased" is about the *value* for samples drawn from pi_theta. It does not make the gradient of
 the estimator, placed in a loss, an unbiased gradient of KL(pi_theta || pi_ref): the expected
@@ -38,7 +38,7 @@ def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k3 = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1  (eq-kl-k3); >= 0, and its value is unbiased for x ~ pi_theta.
+    """k3 = x_r - log x_r - 1 with x_r = pi_ref/pi_theta  (eq-kl-k3); >= 0, and its value is unbiased for x ~ pi_theta.
 
     ``torch.expm1`` keeps precision when the two policies are close.
     """

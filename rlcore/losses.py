@@ -61,14 +61,14 @@ def reinforce_loss(logp: torch.Tensor, weights: torch.Tensor, reduce: str = "mea
 
 
 def importance_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
-    """``r(theta) = pi_theta(a|s) / pi_old(a|s)``, computed in log space."""
+    """Importance ratio ``rho(theta) = pi_theta(a|s) / pi_old(a|s)`` (eq-ppo-clip), computed in log space."""
     return torch.exp(logp - old_logp.detach())
 
 
 def surrogate_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
-    """Importance-sampled surrogate ``-r(theta) A`` (eq-surrogate-sample), TRPO's objective.
+    """Importance-sampled surrogate ``-rho(theta) A_hat`` (eq-surrogate-sample), TRPO's objective.
 
-    At ``theta = theta_old`` its gradient equals the policy gradient ``-A grad log pi``.
+    At ``theta = theta_old`` its gradient equals the policy gradient ``-A_hat grad log pi``.
     """
     return _reduce(-importance_ratio(logp, old_logp) * advantages.detach(), reduce)
 
@@ -78,7 +78,7 @@ def clipped_surrogate_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantage
                            reduce: str = "mean") -> torch.Tensor:
     """PPO's clipped objective, negated (eq-ppo-clip):
 
-    ``-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)``,  ``r = pi_theta / pi_old``.
+    ``-min(rho A_hat, clip(rho, 1 - eps_low, 1 + eps_high) A_hat)``,  ``rho = pi_theta / pi_old``.
 
     ``clip_coef`` is ``eps_low`` (and ``eps_high`` unless ``clip_coef_high`` is given, the
     asymmetric "clip-higher" of DAPO). The gradient is exactly zero where the clipped
@@ -109,8 +109,8 @@ def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------- critic
 def value_loss(values: torch.Tensor, returns: torch.Tensor, old_values: torch.Tensor | None = None,
                clip_coef: float | None = None, reduce: str = "mean") -> torch.Tensor:
-    """Critic regression ``(1/2)(V_phi(s_t) - R_t)^2`` (eq-value-loss), optionally clipped
-    around ``old_values`` as in PPO's reference implementation."""
+    """Critic regression ``(1/2)(V_phi(s_t) - G_hat_t)^2`` on the return targets ``returns`` (eq-value-loss),
+    optionally clipped around ``old_values`` as in PPO's reference implementation."""
     returns = returns.detach()
     per = (values - returns) ** 2
     if clip_coef is not None:

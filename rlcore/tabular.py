@@ -59,7 +59,7 @@ class TabularMDP:
 
 # --------------------------------------------------------------------- policies
 def softmax_policy(logits) -> torch.Tensor:
-    """Tabular softmax policy ``pi(a|s) = exp(theta_{s,a}) / sum_b exp(theta_{s,b})`` (eq-softmax-policy)."""
+    """Tabular softmax policy ``pi(a|s) = exp(theta_{s,a}) / sum_a' exp(theta_{s,a'})`` (eq-softmax-policy)."""
     return torch.softmax(_t(logits) if not torch.is_tensor(logits) else logits.to(DTYPE), dim=-1)
 
 
@@ -105,14 +105,15 @@ def expected_return(mdp: TabularMDP, pi) -> torch.Tensor:
 
 
 def rho(mdp: TabularMDP, pi, k: int) -> torch.Tensor:
-    """``rho^pi(s -> x, k)``: discounted probability of going from ``s`` to ``x`` in ``k`` steps,
-    ``gamma^k Pr(s_k = x | s_0 = s)`` = the matrix ``(gamma P_pi)^k`` (eq-pg-unroll)."""
+    """``omega^pi(s -> x, k)`` (the book's omega, whose rho is the importance ratio): the discounted probability
+    of going from ``s`` to ``x`` in ``k`` steps, ``gamma^k Pr(s_k = x | s_0 = s)`` = the matrix ``(gamma P_pi)^k``
+    (eq-pg-unroll)."""
     M = mdp.gamma * state_transition_matrix(mdp, pi)
     return torch.linalg.matrix_power(M, k)
 
 
 def discounted_visitation(mdp: TabularMDP, pi) -> torch.Tensor:
-    """``eta(s) = sum_k sum_{s0} mu0(s0) rho(s0 -> s, k)`` = ``mu0^T (I - gamma P_pi)^{-1}`` (eq-eta)."""
+    """``eta^pi(s) = sum_k sum_{s0} mu0(s0) omega^pi(s0 -> s, k)`` = ``mu0^T (I - gamma P_pi)^{-1}`` (eq-eta)."""
     eye = torch.eye(mdp.n_states, dtype=DTYPE)
     return torch.linalg.solve((eye - mdp.gamma * state_transition_matrix(mdp, pi)).T, mdp.mu0)
 
@@ -130,8 +131,8 @@ def policy_gradient_theorem(mdp: TabularMDP, logits) -> torch.Tensor:
                = (sum_s eta(s)) * sum_s d^pi(s) sum_a Q^pi(s,a) grad pi(a|s)
 
     Returned as a tensor shaped like ``logits`` (the gradient w.r.t. each logit). For the
-    softmax, ``d pi(a|s) / d theta_{s,b} = pi(a|s) (1[a=b] - pi(b|s))``, so the entry for
-    ``(s, b)`` is ``eta(s) pi(b|s) (Q(s,b) - V(s))``. No autograd is used here on purpose:
+    softmax, ``d pi(a|s) / d theta_{s,a'} = pi(a|s) (1[a=a'] - pi(a'|s))``, so the entry for
+    ``(s, a')`` is ``eta(s) pi(a'|s) (Q(s,a') - V(s))``. No autograd is used here on purpose:
     the test compares this with autograd's gradient of :func:`expected_return`.
     """
     with torch.no_grad():
@@ -140,7 +141,7 @@ def policy_gradient_theorem(mdp: TabularMDP, logits) -> torch.Tensor:
         d = state_distribution(mdp, pi)
         eta_total = discounted_visitation(mdp, pi).sum()  # the proportionality constant
         dpi = pi[:, :, None] * (torch.eye(mdp.n_actions, dtype=DTYPE)[None] - pi[:, None, :])  # [s, a, b]
-        phi = torch.einsum("sa,sab->sb", Q, dpi)  # phi(s) = sum_a Q(s,a) grad pi(a|s)
+        phi = torch.einsum("sa,sab->sb", Q, dpi)  # the book's g(s) = sum_a Q(s,a) grad pi(a|s)
         return eta_total * d[:, None] * phi
 
 
@@ -191,7 +192,7 @@ def performance_difference(mdp: TabularMDP, pi_old, pi_new) -> torch.Tensor:
 
 
 def kl_per_state(pi_p, pi_q) -> torch.Tensor:
-    """``KL(p(.|s) || q(.|s))`` for every state."""
+    """``KL(p(.|s) || p'(.|s))`` for every state, with ``p = pi_p`` and ``p' = pi_q``."""
     p, q = pi_p.to(DTYPE), pi_q.to(DTYPE)
     return torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p)).sum(-1)
 
@@ -210,9 +211,10 @@ def cpi_lower_bound(mdp: TabularMDP, pi_old, pi_prime, alpha: float) -> tuple[to
     """Conservative policy iteration (Kakade & Langford 2002), eq-cpi-bound.
 
     For the mixture ``pi_new = (1 - alpha) pi_old + alpha pi_prime``:
-    ``J(pi_new) >= L(pi_new) - 2 eps gamma alpha^2 / (1 - gamma)^2`` with
-    ``eps = max_s |sum_a pi_prime(a|s) A^{pi_old}(s,a)|``. Uses the discounted visitation,
-    so ``L`` and ``J`` here are unnormalised returns (the book states the scaling).
+    ``J(pi_new) >= L(pi_new) - 2 A_bar_max gamma alpha^2 / (1 - gamma)^2`` with
+    ``A_bar_max = max_s |sum_a pi_prime(a|s) A^{pi_old}(s,a)|`` (the paper's epsilon, the code's ``eps``).
+    Uses the discounted visitation, so ``L`` and ``J`` here are unnormalised returns (the book states the
+    scaling).
     Returns ``(J(pi_new), bound)``.
     """
     pi_new = (1 - alpha) * pi_old + alpha * pi_prime
@@ -227,7 +229,8 @@ def trpo_lower_bound(mdp: TabularMDP, pi_old, pi_new) -> tuple[torch.Tensor, tor
     """TRPO's bound (Schulman et al. 2015, Theorem 1 with ``D_TV^2 <= D_KL``), eq-trpo-bound:
 
     ``J(pi_new) >= L_{pi_old}(pi_new) - C D_KL^max(pi_old, pi_new)``,
-    ``C = 4 eps gamma / (1 - gamma)^2``, ``eps = max_{s,a} |A^{pi_old}(s,a)|``.
+    ``C = 4 A_max gamma / (1 - gamma)^2``, ``A_max = max_{s,a} |A^{pi_old}(s,a)|``
+    (the paper's epsilon, the code's ``eps``).
     Returns ``(J(pi_new), bound)``.
     """
     eps = advantage_values(mdp, pi_old).abs().max()
