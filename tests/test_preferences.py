@@ -339,3 +339,26 @@ def test_dpo_sigint_then_resume_equals_uninterrupted(tmp_path):
     bad, tok, cfg = run("run", checkpoint_path=str(ck), resume=True, beta=0.2)
     with pytest.raises(ValueError, match="beta"):
         train_dpo(cfg, bad, None, tok, TRAIN[:24], HELD_OUT[:8])
+
+
+def test_dpo_with_lora_and_bf16_resumes_exactly(tmp_path):
+    """The SmolLM2 set-up (LoRA adapters, bf16 autocast where supported) on the tiny model: interrupted and
+    resumed equals uninterrupted, and only the adapters moved."""
+    def run(**kw):
+        model, tok = small()
+        return model, tok, DPOConfig(max_steps=4, batch_size=4, learning_rate=3e-3, lora_r=2, bf16=True, **kw)
+
+    ref, tok, cfg = run()
+    base = {n: p.detach().clone() for n, p in ref.named_parameters()}
+    train_dpo(cfg, ref, None, tok, TRAIN[:16])
+    after = {n.replace(".base_layer", ""): p for n, p in ref.named_parameters() if "lora_" not in n}
+    assert after.keys() == base.keys()  # peft added the adapters in place, to the caller's model
+    assert all(torch.equal(after[n], base[n]) for n in base)  # the base weights are frozen
+    assert any(p.abs().sum() > 0 for n, p in ref.named_parameters() if "lora_B" in n)  # the adapters trained
+    ck = str(tmp_path / "dpo_lora.pt")
+    model, tok, cfg = run(checkpoint_path=ck)
+    with sigint_at_optimizer_step(2), pytest.raises(TrainingInterrupted):
+        train_dpo(cfg, model, None, tok, TRAIN[:16])
+    resumed, tok, cfg = run(checkpoint_path=ck, resume=True)
+    train_dpo(cfg, resumed, None, tok, TRAIN[:16])
+    assert torch.equal(params(resumed), params(ref))

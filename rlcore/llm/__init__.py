@@ -12,4 +12,5 @@ Submodules (import them explicitly; nothing heavy is imported here):
 * ``rlcore.llm.ppo``       PPO for language models (value head, KL-in-reward, token-level GAE)
 * ``rlcore.llm.sft``       supervised fine-tuning on chain-of-thought traces
 * ``rlcore.llm.distill``   rejection sampling and distillation
+* ``rlcore.llm.preferences`` / ``rlcore.llm.dpo``  preference data, reward models (Bradley–Terry); KL-optimum, DPO/IPO, best-of-n
 """

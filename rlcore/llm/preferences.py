@@ -20,7 +20,10 @@ with the gradient (eq-bt-gradient), with ``d_i = r_phi(x_i, y_w,i) - r_phi(x_i, 
 
     dL_R / dr_phi(x_i, y_w,i) = - sigma(-d_i) / B = - dL_R / dr_phi(x_i, y_l,i)
 
-so a pair the model already orders confidently (``d_i >> 0``) contributes almost nothing.
+so a pair the model already orders confidently (``d_i >> 0``) contributes almost nothing. An optional
+centring term (eq-reward-centering; Eisenstein et al. 2023) pins the free shift::
+
+    L_center(phi) = 1/B sum_i ( r_phi(x_i, y_w,i) + r_phi(x_i, y_l,i) )^2
 
 :class:`RewardModel` is a causal-LM backbone (SmolLM2 or the tiny model, optionally LoRA adapters
 through :func:`rlcore.llm.fast.apply_lora`) with a linear head reading the last hidden state at the
@@ -248,6 +251,8 @@ def label_pairs_bradley_terry(prompts: Sequence[str], completions_a: Sequence[st
     gold order without noise (a tie by a fair coin). Pairs whose two texts are identical or one is
     empty carry no preference and are dropped (compare ``len`` of the result with the input's).
     ``meta`` of each pair records ``gold_chosen``, ``gold_rejected`` and ``p_chosen`` (the label's probability).
+    ``rng``: a NumPy ``Generator`` or a seed (``None``: fresh entropy); one uniform number is drawn per input
+    pair, dropped or not, so a pair's label depends only on the seed and its position.
     """
     prompts, completions_a, completions_b = list(prompts), list(completions_a), list(completions_b)
     if not (len(prompts) == len(completions_a) == len(completions_b)):
@@ -424,12 +429,16 @@ class RewardModel(nn.Module):
         T = attention_mask.shape[1]
         last = (attention_mask.bool() * torch.arange(1, T + 1, device=attention_mask.device)).argmax(dim=1)  # [B]
         h_last = h[torch.arange(h.shape[0], device=h.device), last]  # [B, H]
-        return self.head(h_last.float()).squeeze(-1)  # [B]
+        with torch.autocast(device_type=h.device.type, enabled=False):  # the head in float32 even under bf16
+            return self.head(h_last.float()).squeeze(-1)  # [B]
 
-    def rewards(self, prompts: Sequence[str], completions: Sequence[str], tokenizer=None) -> torch.Tensor:
-        """Differentiable rewards ``[N]`` of ``(prompt, completion)`` texts (one forward pass)."""
+    def rewards(self, prompts: Sequence[str], completions: Sequence[str], tokenizer=None,
+                max_length: int | None = None) -> torch.Tensor:
+        """Differentiable rewards ``[N]`` of ``(prompt, completion)`` texts (one forward pass); ``max_length``
+        (default: the model's) cuts long completions."""
         tokenizer = self._tok(tokenizer)
-        p_ids, p_mask, c_ids, c_mask = encode_prompt_completion(tokenizer, prompts, completions, self.max_length,
+        p_ids, p_mask, c_ids, c_mask = encode_prompt_completion(tokenizer, prompts, completions,
+                                                                max_length or self.max_length,
                                                                 device=self.head.weight.device)
         return self(torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1))
 
@@ -737,12 +746,11 @@ def train_reward_model(cfg: RewardModelConfig, model: RewardModel, tokenizer, pa
                                                   bf16=cfg.bf16, lora=hasattr(model.backbone, "peft_config")),
                          f"lower batch_size (now {cfg.batch_size}) or max_length (now {cfg.max_length}), or build "
                          f"the RewardModel with LoRA adapters (lora_r=16)", device=device)
-    model.max_length = cfg.max_length
 
     def pair_rewards(batch):
         prompts, texts = _interleave(batch)
         with autocast(device, enabled=cfg.bf16):
-            r = model.rewards(prompts, texts, tokenizer).float()  # [2B]: chosen at even rows, rejected at odd
+            r = model.rewards(prompts, texts, tokenizer, cfg.max_length).float()  # [2B]: chosen at even rows, rejected at odd
         return r[0::2], r[1::2]
 
     def step_fn(idx: list[int]):
