@@ -142,7 +142,8 @@ def _check_rewards(ref_probs: torch.Tensor, rewards: torch.Tensor) -> None:
 def kl_regularized_objective(pi, ref_probs, rewards, beta: float) -> torch.Tensor:
     """``E_pi[r] - beta * KL(pi || pi_ref)`` (eq-kl-objective) over the last axis (the enumerated outputs).
 
-    Differentiable in ``pi``; ``0 log 0 = 0``; ``+inf`` KL (so ``-inf``) where ``pi`` puts mass outside ``pi_ref``'s support.
+    Differentiable in ``pi``; ``0 log 0 = 0``; ``+inf`` KL (so ``-inf``) where ``pi`` puts mass outside
+    ``pi_ref``'s support.
     """
     beta = check_beta(beta)
     pi = _as_float(pi)

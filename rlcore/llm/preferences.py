@@ -612,8 +612,9 @@ def _train_pairs(cfg, algo: str, model: nn.Module, params: list, pairs: Sequence
                  step_fn: Callable, eval_fn: Callable | None, extra_state: dict) -> History:
     """The loop of both pairwise trainers: AdamW over ``params``, checkpoints, interrupts, resume, logs.
 
-    ``step_fn(indices: list[int]) -> (loss, metrics)`` for the batch ``[pairs[i] for i in indices]``; ``eval_fn() -> metrics`` runs every
-    ``cfg.eval_every`` steps and at the end; ``extra_state`` is saved in every checkpoint.
+    ``step_fn(indices: list[int]) -> (loss, metrics)`` for the batch ``[pairs[i] for i in indices]``;
+    ``eval_fn() -> metrics`` runs every ``cfg.eval_every`` steps and at the end; ``extra_state`` is saved in
+    every checkpoint.
     """
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -750,7 +751,8 @@ def train_reward_model(cfg: RewardModelConfig, model: RewardModel, tokenizer, pa
     def pair_rewards(batch):
         prompts, texts = _interleave(batch)
         with autocast(device, enabled=cfg.bf16):
-            r = model.rewards(prompts, texts, tokenizer, cfg.max_length).float()  # [2B]: chosen at even rows, rejected at odd
+            # [2B]: chosen at even rows, rejected at odd
+            r = model.rewards(prompts, texts, tokenizer, cfg.max_length).float()
         return r[0::2], r[1::2]
 
     def step_fn(idx: list[int]):
