@@ -119,6 +119,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, na
     full = module.train(make(log_path=str(tmp_path / "a.jsonl")), progress=False)
     cfg = make(log_path=str(tmp_path / "b.jsonl"), checkpoint_path=str(tmp_path / "b" / "checkpoint.pt"))
     resume = False
+    sigint_before = signal.getsignal(signal.SIGINT)
     for i, step in enumerate(stops):  # interrupted once or twice, resumed each time
         with monkeypatch.context() as m:
             hook = SignalAt(m, step, signal.SIGINT if i == 0 else signal.SIGTERM)
@@ -127,7 +128,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, na
         assert hook.sent is not None and info.value.checkpoint_path == cfg.checkpoint_path
         assert load_checkpoint(cfg.checkpoint_path)["global_step"] == info.value.step < full.env_steps
         assert "--resume" in str(info.value) and ("SIGINT" if i == 0 else "SIGTERM") in str(info.value)
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+        assert signal.getsignal(signal.SIGINT) is sigint_before  # handlers restored (SIG_IGN in a background job)
         resume = True
     resumed = module.train(cfg, resume=True, progress=False)
     assert resumed.env_steps == full.env_steps
