@@ -121,7 +121,7 @@ def test_nbgrader_source_version_holds_the_model_answers_in_solution_regions(tmp
     nb = _read(path)
     answers = [c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("solution")
                and c["cell_type"] == "code"]
-    assert len(answers) == 3
+    assert len(answers) == 4
     for cell in answers:
         src = _src(cell)
         assert src.count("### BEGIN SOLUTION") == 1 and src.count("### END SOLUTION") == 1
@@ -167,7 +167,7 @@ def test_grade_scores_each_exercise(released, tmp_path):
 
     result = json.loads((out / "alice.json").read_text())
     assert result["chapter"] == "00_introduction"
-    assert (result["score"], result["max_score"]) == (1, 3)
+    assert (result["score"], result["max_score"]) == (1, 4)
     by_name = {e["name"]: e for e in result["exercises"]}
     assert by_name["ex-00-returns"]["status"] == "passed" and by_name["ex-00-returns"]["points"] == 1
     failed = by_name["ex-00-policy-evaluation"]
@@ -175,13 +175,15 @@ def test_grade_scores_each_exercise(released, tmp_path):
     assert "immediate reward" in failed["message"]  # the checker's message names the mistake
     assert by_name["ex-00-state-distribution"]["status"] == "not implemented"
     assert "Hint" not in by_name["ex-00-state-distribution"]["message"]
-    assert [m["name"] for m in result["manual"]] == ["ex-00-discuss-markov", "ex-00-discuss-timelimit"]
+    assert by_name["ex-00-two-state-value"]["status"] == "not implemented"
+    assert [m["name"] for m in result["manual"]] == ["ex-00-discuss-markov", "ex-00-discuss-timelimit",
+                                                     "ex-00-experiment-monte-carlo"]
     assert result["cell_errors"] == []
 
     table = (out / "alice.txt").read_text()
     assert re.search(r"ex-00-returns\s+1/1\s+passed", table)
     assert re.search(r"ex-00-policy-evaluation\s+0/1\s+failed", table)
-    assert re.search(r"total\s+1/3", table)
+    assert re.search(r"total\s+1/4", table)
     graded = _read(out / "alice.graded.ipynb")
     assert any("RLCORE-GRADE" in json.dumps(c.get("outputs", [])) for c in graded["cells"])
     rows = list(csv.DictReader((out / "scores.csv").open()))
@@ -221,4 +223,4 @@ def test_chapter_is_found_from_labels_without_metadata(released):
     spec = grading._spec_for(nb, None, grading.CHAPTERS)
     assert spec.chapter == "00_introduction"
     assert [ex.label for ex in spec.exercises if ex.kind == "code"] == [
-        "ex-00-returns", "ex-00-policy-evaluation", "ex-00-state-distribution"]
+        "ex-00-returns", "ex-00-policy-evaluation", "ex-00-state-distribution", "ex-00-two-state-value"]
