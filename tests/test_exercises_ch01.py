@@ -179,3 +179,52 @@ def test_q_learning_same_seed_same_result_and_bad_input():
         ch01.q_learning(mdp, 10, omega=0.5)
     with pytest.raises(ValueError, match="n_steps"):
         ch01.q_learning(mdp, 0)
+
+
+# ------------------------------------------------------------------ derivation: the deadly triad's growth factor
+def test_triad_factor_right_formulas_pass(capsys):
+    import sympy as sp
+
+    def expanded(alpha, gamma, p):  # the same formula, written out differently
+        return sp.expand(p * (1 + alpha * (2 * gamma - 1)) + (1 - p) * (1 - 4 * alpha))
+
+    assert ch01.check_triad_factor(ch01.triad_factor) is True
+    assert ch01.check_triad_factor(expanded, raise_on_fail=True) is True
+    assert capsys.readouterr().out.startswith("✓ triad_factor")
+
+
+def test_triad_factor_reference_matches_simulated_updates():
+    """The expected factor against the average of many runs of randomly drawn semi-gradient updates (the
+    chapter's update rule), and against the chapter's deterministic off-policy run (p = 1)."""
+    rng = np.random.default_rng(0)
+    alpha, gamma, p, steps, runs = 0.05, 0.9, 0.7, 20, 200_000
+    w = np.ones(runs)
+    features = np.array([1.0, 2.0])
+    for _ in range(steps):
+        first = rng.random(runs) < p
+        w = np.where(first, w + alpha * (gamma * features[1] * w - features[0] * w) * features[0],
+                     w + alpha * (0.0 - features[1] * w) * features[1])
+    expected = ch01.triad_factor(alpha, gamma, p) ** steps
+    assert abs(w.mean() - expected) < 4 * w.std() / np.sqrt(runs)
+    assert ch01.triad_factor(0.1, 0.99, 1.0) == pytest.approx(1 + 0.1 * (2 * 0.99 - 1))
+
+
+@pytest.mark.parametrize("fn,fragment", [
+    (lambda a, g, p: 1 + a * (2 * g - 1), "first transition alone"),
+    (lambda a, g, p: 1 + a * (p * (2 * g - 1) - 2 * (1 - p)), "too small by a factor 2"),
+    (lambda a, g, p: 1 - a * (p * (2 * g - 1) ** 2 + 4 * (1 - p)), "differentiated through the target"),
+    (lambda a, g, p: 1 + a * (p * (2 * g - 1) - 4 * p), "probabilities are swapped"),
+])
+def test_triad_factor_mistakes_get_their_hint(fn, fragment, capsys):
+    assert ch01.check_triad_factor(fn) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and fragment in out, out
+
+
+def test_triad_factor_stub_gets_not_implemented(capsys):
+    def my_triad_factor(alpha, gamma, p):
+        ...
+
+    assert ch01.check_triad_factor(my_triad_factor) is False
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "Hint" not in out

@@ -11,7 +11,9 @@ Checkers (``fn`` is the reader's function; each returns ``True``/``False`` and p
 * :func:`check_dqn_target` -- ex-01-dqn-target, the TD target with terminated *and* truncated flags;
 * :func:`check_epsilon_greedy` -- ex-01-epsilon-greedy;
 * :func:`check_q_learning_update` -- ex-01-q-learning;
-* :func:`check_huber_loss` -- ex-01-huber, DQN's Huber loss (eq-dqn-loss, eq-huber).
+* :func:`check_huber_loss` -- ex-01-huber, DQN's Huber loss (eq-dqn-loss, eq-huber);
+* :func:`check_triad_factor` -- ex-01-triad-factor, a derivation: the expected growth factor of the deadly
+  triad's weight under a mixture of the two transitions (a formula, see :mod:`rlcore.exercise_checks._derivation`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ __all__ = [
     "check_epsilon_greedy",
     "check_q_learning_update",
     "check_huber_loss",
+    "check_triad_factor",
+    "triad_factor",
 ]
 
 
@@ -325,3 +329,56 @@ def check_huber_loss(fn: Callable, raise_on_fail: bool = False) -> bool:
                       "taken, compare it with its target, apply the Huber function with threshold 1 (quadratic "
                       "near zero, linear beyond) and average over the batch.",
                  raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-01-huber")
+
+
+# --------------------------------------------------------------------- derivation: the deadly triad
+def triad_factor(alpha, gamma, p):
+    """The reference: the factor by which one semi-gradient TD update multiplies the *expected* weight of the
+    chapter's two-state example (values ``w`` and ``2w``), when the update uses the transition ``s_1 -> s_2``
+    (reward 0) with probability ``p`` and ``s_2 -> terminal`` (reward 0) otherwise. The first multiplies ``w``
+    by ``1 + alpha (2 gamma - 1)``, the second by ``1 - 4 alpha``."""
+    return 1 + alpha * (p * (2 * gamma - 1) - 4 * (1 - p))
+
+
+def check_triad_factor(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-01-triad-factor: ``fn(alpha, gamma, p)``, called with sympy symbols, returns the expected
+    growth factor :func:`triad_factor` of the weight ``w`` per update. Compared at hand-made and random points."""
+    import sympy as sp
+
+    from rlcore.exercise_checks._derivation import closed_form_check
+
+    alpha, gamma, p = sp.symbols("alpha gamma p", positive=True)
+    symbols = {"alpha": alpha, "gamma": gamma, "p": p}
+    reference = triad_factor(alpha, gamma, p)
+
+    def pt(a, g, m):
+        return {"alpha": a, "gamma": g, "p": m}
+
+    points = [(pt(0.1, 0.99, 1.0), "only the first transition is ever trained (the chapter's off-policy run)"),
+              (pt(0.1, 0.99, 0.5), "both transitions equally often, as the policy visits them"),
+              (pt(0.1, 0.4, 1.0), "a small discount, first transition only"),
+              (pt(0.05, 0.9, 0.8), "mostly the first transition")]
+    rng = np.random.default_rng(1)
+    points += [(pt(float(np.round(rng.uniform(0.01, 0.5), 3)), float(np.round(rng.uniform(0.05, 0.999), 3)),
+                   float(np.round(rng.uniform(0.01, 1.0), 3))), f"random point {i + 1}") for i in range(8)]
+    mistakes = [
+        (1 + alpha * (2 * gamma - 1),
+         "that is the factor of an update on the first transition alone; the expectation mixes the two kinds of "
+         "update in proportion to how often each is drawn."),
+        (1 + alpha * (p * (2 * gamma - 1) - 2 * (1 - p)),
+         "the update on the second transition is too small by a factor 2: the semi-gradient multiplies the TD "
+         "error by the gradient of that state's value, its feature 2, and the TD error itself is proportional to "
+         "2w."),
+        (1 - alpha * (p * (2 * gamma - 1) ** 2 + 4 * (1 - p)),
+         "you differentiated through the target as well (a full gradient of the squared TD error); semi-gradient "
+         "TD holds the target fixed and differentiates only the prediction."),
+        (1 + alpha * (p * (2 * gamma - 1) - 4 * p),
+         "the probabilities are swapped: the first transition is drawn with probability p, the second with the "
+         "rest."),
+    ]
+    return closed_form_check(
+        fn, symbols, reference, points, "triad_factor",
+        hint="write one semi-gradient TD update for each transition (target held fixed, step alpha times the TD "
+             "error times the gradient of the predicted value): each multiplies w by a constant; the expected "
+             "factor weights the two constants by the probabilities of drawing each transition.",
+        exercise="ex-01-triad-factor", mistakes=mistakes, raise_on_fail=raise_on_fail)
