@@ -154,3 +154,63 @@ def test_theorem_solution_matches_rlcore_theorem_rhs():
 def test_checkers_reject_non_callables():
     with pytest.raises(TypeError, match="pass your function itself"):
         ex.check_reinforce_gradient(np.zeros(3))
+
+
+# ------------------------------------------------------------------ derivation: the Gaussian score of log sigma
+def test_gaussian_log_std_score_right_formulas_pass(capsys):
+    import sympy as sp
+
+    from rlcore.exercise_checks import ch02
+
+    def by_differentiation(a, m, sigma):  # differentiate the log-density with respect to u = log sigma
+        u = sp.Symbol("u", real=True)
+        logp = -(a - m) ** 2 / (2 * sp.exp(2 * u)) - u - sp.log(2 * sp.pi) / 2
+        return sp.diff(logp, u).subs(u, sp.log(sigma))
+
+    assert ch02.check_gaussian_log_std_score(ch02.gaussian_log_std_score) is True
+    assert ch02.check_gaussian_log_std_score(by_differentiation, raise_on_fail=True) is True
+    assert capsys.readouterr().out.startswith("✓ gaussian_log_std_score")
+
+
+def test_gaussian_log_std_score_reference_matches_autograd_and_has_mean_zero():
+    from rlcore.exercise_checks import ch02
+    from rlcore.networks import GaussianPolicy
+
+    torch.manual_seed(0)
+    policy = GaussianPolicy(3, 1).double()
+    obs = torch.randn(5, 3, dtype=torch.float64)
+    dist = policy.distribution(obs)
+    a = dist.sample()
+    logp = dist.log_prob(a).sum()
+    (g,) = torch.autograd.grad(logp, policy.log_std)
+    m, sigma = dist.mean.detach(), dist.stddev.detach()
+    expected = sum(float(ch02.gaussian_log_std_score(a[i, 0], m[i, 0], sigma[i, 0])) for i in range(5))
+    assert float(g.sum()) == pytest.approx(expected, rel=1e-9)
+    z = np.random.default_rng(0).standard_normal(400_000)
+    score = ch02.gaussian_log_std_score(z, 0.0, 1.0)
+    assert abs(score.mean()) < 4 * score.std() / np.sqrt(len(z)) and score.var() == pytest.approx(2.0, rel=0.02)
+
+
+@pytest.mark.parametrize("fn,fragment", [
+    (lambda a, m, s: (a - m) ** 2 / s**3 - 1 / s, "with respect to sigma itself"),
+    (lambda a, m, s: (a - m) ** 2 / s**2, "normalising constant"),
+    (lambda a, m, s: 1 - (a - m) ** 2 / s**2, "sign is flipped"),
+    (lambda a, m, s: (a - m) / s**2, "score with respect to the mean"),
+])
+def test_gaussian_log_std_score_mistakes_get_their_hint(fn, fragment, capsys):
+    from rlcore.exercise_checks import ch02
+
+    assert ch02.check_gaussian_log_std_score(fn) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and fragment in out, out
+
+
+def test_gaussian_log_std_score_stub_gets_not_implemented(capsys):
+    from rlcore.exercise_checks import ch02
+
+    def gaussian_log_std_score(a, m, sigma):
+        ...
+
+    assert ch02.check_gaussian_log_std_score(gaussian_log_std_score) is False
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "Hint" not in out
