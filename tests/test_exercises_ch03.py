@@ -234,3 +234,60 @@ def test_surrogate_mistakes_are_named(capsys):
 
     assert "*new* policy" in _hint_for(checks.check_surrogate_objective, exact_J, capsys)
     assert "unnormalised" in _hint_for(checks.check_surrogate_objective, normalised, capsys)
+
+
+# ------------------------------------------------------------------ derivation: the Fisher matrix of a Gaussian
+def _fisher_by_integration(m, sigma):
+    import sympy as sp
+
+    a, u = sp.symbols("a u", real=True)
+    logp = -(a - m) ** 2 / (2 * sp.exp(2 * u)) - u - sp.log(2 * sp.pi) / 2
+    scores = [sp.diff(logp, m), sp.diff(logp, u)]
+    density = sp.exp(-(a - m) ** 2 / (2 * sigma**2)) / (sp.sqrt(2 * sp.pi) * sigma)
+    return sp.Matrix(2, 2, lambda i, j: sp.simplify(sp.integrate(
+        (scores[i] * scores[j]).subs(u, sp.log(sigma)) * density, (a, -sp.oo, sp.oo))))
+
+
+def test_gaussian_fisher_right_answers_pass(capsys):
+    assert checks.check_gaussian_fisher(checks.gaussian_fisher) is True
+    assert checks.check_gaussian_fisher(lambda m, s: [[1 / s**2, 0], [0, 2]]) is True
+    assert checks.check_gaussian_fisher(lambda m, s: np.array([[1 / s**2, 0], [0, 2]], dtype=object)) is True
+    assert checks.check_gaussian_fisher(_fisher_by_integration, raise_on_fail=True) is True
+    assert capsys.readouterr().out.startswith("✓ gaussian_fisher")
+
+
+def test_gaussian_fisher_reference_is_the_hessian_of_the_kl():
+    """The reference against autograd's Hessian of torch's Gaussian KL in (m, log sigma), at a few points."""
+    for m0, s0 in [(0.0, 1.0), (1.5, 0.3), (-2.0, 2.5)]:
+        def kl(params):
+            new = torch.distributions.Normal(params[0], params[1].exp())
+            return torch.distributions.kl_divergence(torch.distributions.Normal(torch.tensor(m0, dtype=torch.float64),
+                                                                                torch.tensor(s0, dtype=torch.float64)), new)
+        H = torch.autograd.functional.hessian(kl, torch.tensor([m0, np.log(s0)], dtype=torch.float64))
+        expected = np.array(checks.gaussian_fisher(m0, s0).evalf(), dtype=float)
+        np.testing.assert_allclose(H.numpy(), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("fn,fragment", [
+    (lambda m, s: [[1 / s**2, 0], [0, 2 / s**2]], "parameters (m, sigma)"),
+    (lambda m, s: [[1 / s**2, 0], [0, 1 / (2 * s**4)]], "(m, variance)"),
+    (lambda m, s: [[1 / s**2, 0], [0, 1]], "chi-square"),
+    (lambda m, s: [[s**2, 0], [0, 2]], "mean entry is inverted"),
+    (lambda m, s: [[1 / s**2, 1 / s], [1 / s, 2]], "off-diagonal entries vanish"),
+])
+def test_gaussian_fisher_mistakes_get_their_hint(fn, fragment, capsys):
+    assert checks.check_gaussian_fisher(fn) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and fragment in out, out
+
+
+def test_gaussian_fisher_scalar_and_stub(capsys):
+    assert checks.check_gaussian_fisher(lambda m, s: 1 / s**2) is False
+    assert "2 x 2 matrix" in capsys.readouterr().out
+
+    def my_gaussian_fisher(m, sigma):
+        ...
+
+    assert checks.check_gaussian_fisher(my_gaussian_fisher) is False
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "Hint" not in out

@@ -1,5 +1,6 @@
 """Checkers for chapter 3's exercises (TRPO): conjugate gradient, Fisher-vector products,
-the step size from the KL radius, and the surrogate objective on a tabular MDP.
+the step size from the KL radius, and the surrogate objective on a tabular MDP; and a derivation,
+the Fisher information matrix of a Gaussian policy (a formula, see :mod:`rlcore.exercise_checks._derivation`).
 
 Each checker follows :func:`rlcore.exercises.check`: hand-made cases first, then random ones,
 expected values from rlcore's reference, and known mistakes with a hint each::
@@ -17,7 +18,7 @@ import torch
 from rlcore.exercises import Case, Mistake, check
 
 __all__ = ["MatVec", "check_conjugate_gradient", "check_fisher_vector_product", "check_trpo_step",
-           "check_surrogate_objective", "tiny_policy"]
+           "check_surrogate_objective", "tiny_policy", "check_gaussian_fisher", "gaussian_fisher"]
 
 DTYPE = torch.float64
 
@@ -309,3 +310,55 @@ def check_surrogate_objective(fn: Callable, raise_on_fail: bool = False) -> bool
                       "values), averaged over the actions of pi_new and weighted by the *unnormalised* "
                       "discounted visitation eta of pi_old (eq-eta).",
                  atol=1e-8, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-03-surrogate")
+
+
+# --------------------------------------------------------------------- derivation: the Fisher matrix of a Gaussian
+def gaussian_fisher(m, sigma):
+    """The reference: the Fisher information matrix (eq-fisher) of ``N(m, sigma^2)`` with respect to the
+    parameters ``(m, log sigma)``, as a 2 x 2 sympy matrix."""
+    import sympy as sp
+
+    return sp.Matrix([[1 / sigma**2, 0], [0, 2]])
+
+
+def check_gaussian_fisher(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-03-gaussian-fisher: ``fn(m, sigma)``, called with sympy symbols (``sigma`` positive), returns
+    the 2 x 2 Fisher matrix of a one-dimensional Gaussian policy in the parameters ``(m, log sigma)``, rows and
+    columns in that order (a sympy Matrix, a nested list or a numpy array of formulas). Compared with
+    :func:`gaussian_fisher` at hand-made and random points."""
+    import sympy as sp
+
+    from rlcore.exercise_checks._derivation import closed_form_check
+
+    m = sp.Symbol("m", real=True)
+    sigma = sp.Symbol("sigma", positive=True)
+    symbols = {"m": m, "sigma": sigma}
+    reference = gaussian_fisher(m, sigma)
+
+    points = [({"m": 0.0, "sigma": 1.0}, "the standard normal"), ({"m": 0.0, "sigma": 0.5}, "a narrow Gaussian"),
+              ({"m": 3.0, "sigma": 2.0}, "a wide Gaussian away from 0")]
+    rng = np.random.default_rng(3)
+    points += [({"m": float(np.round(rng.normal(0, 2), 3)), "sigma": float(np.round(rng.uniform(0.1, 3), 3))},
+                f"random point {i + 1}") for i in range(8)]
+    mistakes = [
+        (sp.Matrix([[1 / sigma**2, 0], [0, 2 / sigma**2]]),
+         "that is the Fisher matrix in the parameters (m, sigma); the policy's second parameter is log sigma, and "
+         "the Fisher matrix changes with the parametrisation (the scores are multiplied by the chain-rule factor)."),
+        (sp.Matrix([[1 / sigma**2, 0], [0, 1 / (2 * sigma**4)]]),
+         "that is the Fisher matrix in the parameters (m, variance); the policy's second parameter is log sigma."),
+        (sp.Matrix([[1 / sigma**2, 0], [0, 1]]),
+         "the log sigma entry is the expected square of the log-std score, and the square of a standardised "
+         "Gaussian variable minus one has the variance of a chi-square variable with one degree of freedom."),
+        (sp.Matrix([[sigma**2, 0], [0, 2]]),
+         "the mean entry is inverted: a narrow Gaussian (small sigma) is *more* sensitive to a shift of its mean, "
+         "so its Fisher information is larger."),
+        (sp.Matrix([[1 / sigma**2, 1 / sigma], [1 / sigma, 2]]),
+         "the off-diagonal entries vanish: the expected product of the two scores is an odd moment of a centred "
+         "Gaussian."),
+    ]
+    return closed_form_check(
+        fn, symbols, reference, points, "gaussian_fisher",
+        hint="use the outer-product form of eq-fisher: the two scores of log pi (with respect to m and to log sigma), "
+             "the expectation of each product under the Gaussian itself (Gaussian moments, or sympy's integration), "
+             "as a 2 by 2 matrix of formulas in m and sigma.",
+        exercise="ex-03-gaussian-fisher", mistakes=mistakes, raise_on_fail=raise_on_fail)
