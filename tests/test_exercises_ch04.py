@@ -169,3 +169,63 @@ def test_exception_in_student_code_is_reported(capsys):
 
     out = _fails_with(checks.check_kstep_advantage, broken, "IndexError", "line 2 of broken", capsys=capsys)
     assert "Traceback" not in out
+
+
+# ------------------------------------------------------------------ derivation: a constant critic error in GAE
+def _shift_by_rlcore(c, gamma, lam, n, T=None):
+    """The shift measured with rlcore's gae: one terminating episode of n steps, critic V and V + c."""
+    g = torch.Generator().manual_seed(n)
+    r = torch.randn(n, generator=g, dtype=torch.float64)
+    v = torch.randn(n + 1, generator=g, dtype=torch.float64)
+    term = torch.zeros(n, dtype=torch.float64)
+    term[-1] = 1.0
+    zeros = torch.zeros(n, dtype=torch.float64)
+    base = returns.gae(r, v[:-1], v[1:], term, zeros, gamma, lam)
+    off = returns.gae(r, v[:-1] + c, v[1:] + c, term, zeros, gamma, lam)
+    return float(off[0] - base[0])
+
+
+@pytest.mark.parametrize("c,gamma,lam,n", [(1.0, 0.99, 0.95, 1), (1.0, 0.99, 0.95, 7), (-2.0, 1.0, 0.9, 12),
+                                           (0.5, 0.9, 0.0, 4), (3.0, 0.97, 0.8, 200)])
+def test_gae_offset_reference_matches_rlcore_gae(c, gamma, lam, n):
+    assert float(checks.gae_offset_shift(c, gamma, lam, n)) == pytest.approx(_shift_by_rlcore(c, gamma, lam, n),
+                                                                            rel=1e-9, abs=1e-12)
+
+
+def test_gae_offset_right_formulas_pass(capsys):
+    import sympy as sp
+
+    def with_sum(c, gamma, lam, n):
+        l = sp.Symbol("l", integer=True)
+        return sp.Sum((gamma * lam) ** l * (gamma - 1) * c, (l, 0, n - 2)) - (gamma * lam) ** (n - 1) * c
+
+    assert checks.check_gae_offset_shift(checks.gae_offset_shift) is True
+    assert checks.check_gae_offset_shift(with_sum, raise_on_fail=True) is True
+    assert capsys.readouterr().out.startswith("✓ gae_offset_shift")
+
+
+@pytest.mark.parametrize("fn,fragment", [
+    (lambda c, g, l, n: (g - 1) * c / (1 - g * l), "far from the end"),
+    (lambda c, g, l, n: c * (g - 1) * (1 - (g * l) ** n) / (1 - g * l), "like the others"),
+    (lambda c, g, l, n: c * ((g - 1) * (1 - (g * l) ** (n - 1)) / (1 - g * l) + (g * l) ** (n - 1)), "the sign"),
+    (lambda c, g, l, n: c * ((g - 1) * (1 - g ** (n - 1)) / (1 - g) - g ** (n - 1)), "gamma times lambda"),
+])
+def test_gae_offset_mistakes_get_their_hint(fn, fragment, capsys):
+    assert checks.check_gae_offset_shift(fn) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and fragment in out, out
+
+
+def test_gae_offset_python_loop_and_stub(capsys):
+    def loop(c, gamma, lam, n):
+        return sum((gamma * lam) ** l * (gamma - 1) * c for l in range(n - 1)) - (gamma * lam) ** (n - 1) * c
+
+    assert checks.check_gae_offset_shift(loop) is False
+    assert "with sympy symbols, not numbers" in capsys.readouterr().out
+
+    def my_gae_offset_shift(c, gamma, lam, n):
+        ...
+
+    assert checks.check_gae_offset_shift(my_gae_offset_shift) is False
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "Hint" not in out

@@ -1,5 +1,7 @@
 """Checkers for chapter 4's exercises (PPO and GAE): the k-step advantage estimator, the (clipped)
-value loss and the explained variance. The GAE and clipped-surrogate exercises of the chapter use
+value loss and the explained variance, and a derivation: how a constant error of the critic shifts the GAE
+advantage near the end of an episode (a formula, see :mod:`rlcore.exercise_checks._derivation`). The GAE
+and clipped-surrogate exercises of the chapter use
 :func:`rlcore.exercises.check_gae` and :func:`rlcore.exercises.check_clipped_surrogate`.
 
 Each checker follows :func:`rlcore.exercises.check`: hand-made cases first, then random ones,
@@ -16,7 +18,8 @@ import torch
 
 from rlcore.exercises import Case, Mistake, check
 
-__all__ = ["check_kstep_advantage", "check_value_loss", "check_explained_variance"]
+__all__ = ["check_kstep_advantage", "check_value_loss", "check_explained_variance", "check_gae_offset_shift",
+           "gae_offset_shift"]
 
 DTYPE = torch.float64
 
@@ -202,3 +205,60 @@ def check_explained_variance(fn: Callable, raise_on_fail: bool = False) -> bool:
                       "of the targets; 1 is a perfect critic, 0 no better than predicting the mean.",
                  atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes,
                  exercise="ex-04-explained-variance")
+
+
+# --------------------------------------------------------------------- derivation: a constant critic error in GAE
+def gae_offset_shift(c, gamma, lam, n):
+    """The reference: the change of the GAE advantage (eq-gae) of a step when the critic is ``V + c`` instead of
+    ``V`` on every non-terminal state, for a step that is the ``n``-th last of an episode that *terminates*
+    (``n = 1``: the terminating step itself; its next state is terminal and worth 0 whatever the critic)."""
+    x = gamma * lam
+    return c * ((gamma - 1) * (1 - x ** (n - 1)) / (1 - x) - x ** (n - 1))
+
+
+def check_gae_offset_shift(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-04-gae-offset: ``fn(c, gamma, lam, n)``, called with sympy symbols (``n`` a positive integer),
+    returns :func:`gae_offset_shift` as a formula; compared at hand-made and random points (``gamma * lam < 1``)."""
+    import numpy as np
+    import sympy as sp
+
+    from rlcore.exercise_checks._derivation import closed_form_check
+
+    c = sp.Symbol("c", real=True)
+    gamma, lam = sp.symbols("gamma lam", positive=True)
+    n = sp.Symbol("n", integer=True, positive=True)
+    symbols = {"c": c, "gamma": gamma, "lam": lam, "n": n}
+    reference = gae_offset_shift(c, gamma, lam, n)
+
+    def pt(c_, g_, l_, n_):
+        return {"c": c_, "gamma": g_, "lam": l_, "n": n_}
+
+    points = [(pt(1.0, 0.99, 0.95, 1), "the terminating step itself"),
+              (pt(1.0, 0.99, 0.95, 2), "the step before the terminating one"),
+              (pt(1.0, 0.99, 0.95, 500), "a step far from the end of its episode"),
+              (pt(2.0, 1.0, 0.9, 10), "no discount, ten steps before the end"),
+              (pt(-1.0, 0.9, 0.0, 5), "lambda 0: one TD error only")]
+    rng = np.random.default_rng(4)
+    points += [(pt(float(np.round(rng.normal(0, 3), 3)), float(np.round(rng.uniform(0.8, 1.0), 3)),
+                   float(np.round(rng.uniform(0.05, 0.98), 3)), int(rng.integers(1, 300))), f"random point {i + 1}")
+               for i in range(8)]
+    x = gamma * lam
+    mistakes = [
+        ((gamma - 1) * c / (1 - x),
+         "that is the shift far from the end of the episode; the sum of TD errors in eq-gae stops at the "
+         "terminating step, and that step's TD error has no bootstrap term."),
+        (c * (gamma - 1) * (1 - x**n) / (1 - x),
+         "you treated the terminating step like the others; its next state is terminal and worth 0 whatever the "
+         "critic says, so the error enters its TD error only through the subtracted value of its own state."),
+        (c * ((gamma - 1) * (1 - x ** (n - 1)) / (1 - x) + x ** (n - 1)),
+         "the sign of the terminating step's contribution: a critic that is too high makes that step's TD error "
+         "smaller, because its value is subtracted and nothing is added back."),
+        (c * ((gamma - 1) * (1 - gamma ** (n - 1)) / (1 - gamma) - gamma ** (n - 1)),
+         "GAE discounts the TD errors by gamma times lambda, not by gamma alone (eq-gae)."),
+    ]
+    return closed_form_check(
+        fn, symbols, reference, points, "gae_offset_shift",
+        hint="write how the constant error changes each TD error (eq-td-error) of the remaining steps of the "
+             "episode, the terminating one being different; then sum the changes with the weights of eq-gae (a "
+             "finite geometric series) and return the total as a formula in c, gamma, lam and n.",
+        exercise="ex-04-gae-offset", mistakes=mistakes, raise_on_fail=raise_on_fail)
