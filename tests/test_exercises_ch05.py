@@ -144,3 +144,46 @@ def test_token_gae_mistakes(kw, fragment, capsys):
 
 def test_token_gae_loop_without_mistake_passes(capsys):
     assert checks.check_token_gae(lambda *a: checks._gae_loop(*a)) is True
+
+
+# ------------------------------------------------------------------ derivation: the KL-regularised optimum
+def test_kl_optimum_right_formulas_pass(capsys):
+    import sympy as sp
+
+    def leave_the_wrong_ones(p, beta):  # the same probability written from the wrong completions' side
+        return 1 - (1 - p) / (p * sp.exp(1 / beta) + 1 - p)
+
+    assert checks.check_kl_optimum_success(checks.kl_optimum_success) is True
+    assert checks.check_kl_optimum_success(leave_the_wrong_ones, raise_on_fail=True) is True
+    assert capsys.readouterr().out.startswith("✓ kl_optimum_success")
+
+
+def test_kl_optimum_reference_maximises_the_objective():
+    """Against a brute-force maximisation of E[r] - beta KL over distributions (p_correct on the correct ones,
+    spread like the reference within each class, which is optimal), on a fine grid."""
+    for p, beta in [(0.01, 0.1), (0.3, 0.5), (0.9, 2.0), (0.5, 1.0)]:
+        x = np.linspace(1e-9, 1 - 1e-9, 2_000_001)
+        objective = x - beta * (x * np.log(x / p) + (1 - x) * np.log((1 - x) / (1 - p)))
+        best = x[np.argmax(objective)]
+        assert float(checks.kl_optimum_success(p, beta)) == pytest.approx(best, abs=2e-6)
+
+
+@pytest.mark.parametrize("fn,fragment", [
+    (lambda p, b: p * np.e ** (1 / b), "normalised together"),
+    (lambda p, b: p * np.e ** b / (p * np.e ** b + 1 - p), "tilt must weaken"),
+    (lambda p, b: p * np.e ** (-1 / b) / (p * np.e ** (-1 / b) + 1 - p), "wrong way"),
+    (lambda p, b: 1, "always be correct"),
+])
+def test_kl_optimum_mistakes_get_their_hint(fn, fragment, capsys):
+    assert checks.check_kl_optimum_success(fn) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and fragment in out, out
+
+
+def test_kl_optimum_stub_gets_not_implemented(capsys):
+    def my_kl_optimum_success(p, beta):
+        ...
+
+    assert checks.check_kl_optimum_success(my_kl_optimum_success) is False
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "Hint" not in out

@@ -1,5 +1,7 @@
 """Checkers for chapter 5's exercises (PPO for language models, RLHF): the per-token RLHF reward,
-the token-level clipped PPO loss with a completion mask, and GAE along the tokens of a completion.
+the token-level clipped PPO loss with a completion mask, and GAE along the tokens of a completion; and a
+derivation, the success probability of the maximiser of the KL-regularised objective for a 0/1 reward (a
+formula, see :mod:`rlcore.exercise_checks._derivation`).
 
 Each checker follows :func:`rlcore.exercises.check`: hand-made cases first, then random ones,
 expected values from rlcore's reference (:mod:`rlcore.llm.ppo`), and known mistakes with a hint
@@ -19,7 +21,8 @@ import torch
 
 from rlcore.exercises import Case, Mistake, check
 
-__all__ = ["check_per_token_rewards", "check_token_ppo_loss", "check_token_gae", "random_batch"]
+__all__ = ["check_per_token_rewards", "check_token_ppo_loss", "check_token_gae", "random_batch",
+           "check_kl_optimum_success", "kl_optimum_success"]
 
 DTYPE = torch.float64
 
@@ -262,3 +265,58 @@ def check_token_gae(fn: Callable, raise_on_fail: bool = False) -> bool:
                       "its own last generated token; the state after that token is terminal, and the padding "
                       "gets advantage 0.",
                  atol=1e-5, rtol=1e-5, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-05-token-gae")
+
+
+# --------------------------------------------------------------------- derivation: the KL-regularised optimum
+def kl_optimum_success(p, beta):
+    """The reference: the probability of a correct completion under the maximiser of
+    ``E_pi[r] - beta KL(pi || pi_ref)`` (prop-rlhf-objective) over all distributions ``pi`` of completions,
+    when ``r`` is 1 for a correct completion and 0 otherwise and ``pi_ref`` is correct with probability ``p``.
+    The maximiser tilts the reference by ``exp(r / beta)``."""
+    import sympy as sp
+
+    w = p * sp.exp(1 / beta)
+    return w / (w + 1 - p)
+
+
+def check_kl_optimum_success(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-05-kl-optimum: ``fn(p, beta)``, called with sympy symbols (both positive, ``p < 1``), returns
+    :func:`kl_optimum_success` as a formula; compared at hand-made and random points."""
+    import numpy as np
+    import sympy as sp
+
+    from rlcore.exercise_checks._derivation import closed_form_check
+
+    p, beta = sp.symbols("p beta", positive=True)
+    symbols = {"p": p, "beta": beta}
+    reference = kl_optimum_success(p, beta)
+
+    points = [({"p": 0.5, "beta": 1.0}, "a coin flip for the reference, beta 1"),
+              ({"p": 0.01, "beta": 0.1}, "a rare success, cheap divergence"),
+              ({"p": 0.01, "beta": 10.0}, "a rare success, expensive divergence"),
+              ({"p": 0.9, "beta": 0.5}, "an easy question")]
+    rng = np.random.default_rng(5)
+    points += [({"p": float(np.round(rng.uniform(0.01, 0.99), 3)), "beta": float(np.round(np.exp(rng.uniform(
+        np.log(0.05), np.log(5.0))), 3))}, f"random point {i + 1}") for i in range(8)]
+    w = p * sp.exp(1 / beta)
+    mistakes = [
+        (w,
+         "that is the tilted weight of the correct completions alone; the maximiser is a probability distribution, "
+         "so the weights of the correct and of the wrong completions must be normalised together."),
+        (p * sp.exp(beta) / (p * sp.exp(beta) + 1 - p),
+         "beta is the price of a nat of divergence: the larger beta, the closer the optimum stays to the reference, "
+         "so the tilt must weaken as beta grows."),
+        (p * sp.exp(-1 / beta) / (p * sp.exp(-1 / beta) + 1 - p),
+         "the tilt goes the wrong way: the maximiser puts *more* probability than the reference on the completions "
+         "that earn the reward."),
+        (sp.Integer(1),
+         "without the KL term the optimum would always be correct; with it, the optimum trades reward against "
+         "divergence from the reference and keeps some probability on wrong completions."),
+    ]
+    return closed_form_check(
+        fn, symbols, reference, points, "kl_optimum_success",
+        hint="maximise the objective of prop-rlhf-objective over all distributions of completions (a Lagrange "
+             "multiplier for the normalisation, or the non-negativity of a KL divergence): the maximiser "
+             "reweights the reference by a factor that depends only on the reward; then add up the probability of "
+             "the correct completions.",
+        exercise="ex-05-kl-optimum", mistakes=mistakes, raise_on_fail=raise_on_fail)
