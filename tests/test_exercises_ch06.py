@@ -138,3 +138,56 @@ def test_aggregation_mistakes(wrong, fragment, capsys):
 
 def test_aggregation_variant_without_mistake_passes(capsys):
     assert checks.check_grpo_aggregation(lambda p, m, lt, ml: checks._agg_variant(p, m, lt, ml)) is True
+
+
+# ------------------------------------------------------------------ derivation: a group of 0/1 rewards
+def test_binary_group_advantage_right_formulas_pass(capsys):
+    import sympy as sp
+
+    def from_the_definition(k, G):  # mean and sample variance written out, not simplified
+        mean = k / G
+        var = (k * (1 - mean) ** 2 + (G - k) * mean**2) / (G - 1)
+        return (1 - mean) / sp.sqrt(var), -mean / sp.sqrt(var)
+
+    assert checks.check_binary_group_advantage(checks.binary_group_advantage) is True
+    assert checks.check_binary_group_advantage(from_the_definition, raise_on_fail=True) is True
+    assert capsys.readouterr().out.startswith("✓ binary_group_advantage")
+
+
+@pytest.mark.parametrize("k,G", [(1, 2), (1, 8), (3, 8), (7, 8), (5, 16), (13, 64)])
+def test_binary_group_advantage_reference_matches_rlcore(k, G):
+    """The closed form against rlcore's group-normalised advantages (which add 1e-4 to the std)."""
+    rewards = torch.tensor([1.0] * k + [0.0] * (G - k), dtype=torch.float64)
+    adv = returns.group_normalized_advantages(rewards, group_size=G)
+    a_correct, a_wrong = (float(x) for x in checks.binary_group_advantage(k, G))
+    assert float(adv[0]) == pytest.approx(a_correct, rel=1e-3)
+    assert float(adv[-1]) == pytest.approx(a_wrong, rel=1e-3)
+    assert float((adv**2).sum()) == pytest.approx(G - 1, rel=1e-3)
+
+
+@pytest.mark.parametrize("fn,fragment", [
+    (lambda k, G: (((G - k) / k) ** 0.5, -(k / (G - k)) ** 0.5), "population standard deviation"),
+    (lambda k, G: ((G - k) / G, -k / G), "only the centred reward"),
+    (lambda k, G: (-(k * (G - 1) / ((G - k) * G)) ** 0.5, ((G - k) * (G - 1) / (k * G)) ** 0.5), "swapped"),
+    (lambda k, G: ((k * (G - 1) / ((G - k) * G)) ** 0.5, -((G - k) * (G - 1) / (k * G)) ** 0.5), "rarer outcome"),
+])
+def test_binary_group_advantage_mistakes_get_their_hint(fn, fragment, capsys):
+    assert checks.check_binary_group_advantage(fn) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and fragment in out, out
+
+
+def test_binary_group_advantage_numeric_group_and_stub(capsys):
+    def build_a_group(k, G):  # a loop over range(G) cannot run on a symbol
+        r = torch.tensor([1.0] * k + [0.0] * (G - k))
+        return float(((r - r.mean()) / r.std())[0]), float(((r - r.mean()) / r.std())[-1])
+
+    assert checks.check_binary_group_advantage(build_a_group) is False
+    assert "with sympy symbols, not numbers" in capsys.readouterr().out
+
+    def my_binary_group_advantage(k, G):
+        ...
+
+    assert checks.check_binary_group_advantage(my_binary_group_advantage) is False
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "Hint" not in out

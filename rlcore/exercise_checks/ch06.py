@@ -1,5 +1,6 @@
 """Checkers for chapter 6's exercises (GRPO): the group-normalised advantage, the k3 KL estimator and
-the aggregation of per-token losses (GRPO, BNPO, Dr. GRPO).
+the aggregation of per-token losses (GRPO, BNPO, Dr. GRPO); and a derivation, the advantages of a group
+with 0/1 rewards in closed form (a formula, see :mod:`rlcore.exercise_checks._derivation`).
 
 Each checker follows :func:`rlcore.exercises.check`: hand-made cases first, then random ones,
 expected values from rlcore's reference, and known mistakes with a hint each::
@@ -15,7 +16,8 @@ import torch
 
 from rlcore.exercises import Case, Mistake, check
 
-__all__ = ["check_group_advantages", "check_kl_k3", "check_grpo_aggregation", "aggregate_reference"]
+__all__ = ["check_group_advantages", "check_kl_k3", "check_grpo_aggregation", "aggregate_reference",
+           "check_binary_group_advantage", "binary_group_advantage"]
 
 DTYPE = torch.float64
 EPS = 1e-4  # rlcore.returns.group_normalized_advantages' default
@@ -216,3 +218,54 @@ def check_grpo_aggregation(fn: Callable, raise_on_fail: bool = False) -> bool:
                       "in the normaliser: grpo averages within each completion and then over completions, bnpo "
                       "over all generated tokens at once, dr_grpo divides by a constant of the run.",
                  atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail, mistakes=mistakes, exercise="ex-06-aggregation")
+
+
+# --------------------------------------------------------------------- derivation: a group of 0/1 rewards
+def binary_group_advantage(k, G):
+    """The reference: the advantages (eq-group-advantage, sample standard deviation, without the 1e-4) of a
+    correct and of a wrong answer in a group of ``G`` answers with 0/1 rewards of which ``k`` are correct
+    (``0 < k < G``), as the tuple ``(A_correct, A_wrong)``."""
+    import sympy as sp
+
+    return sp.sqrt((G - k) * (G - 1) / (k * G)), -sp.sqrt(k * (G - 1) / ((G - k) * G))
+
+
+def check_binary_group_advantage(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-06-binary-advantage: ``fn(k, G)``, called with sympy symbols (positive integers), returns the
+    tuple :func:`binary_group_advantage` of two formulas; compared at hand-made and random groups. Hand-made
+    cases include the values of :func:`rlcore.returns.group_normalized_advantages` up to its 1e-4."""
+    import numpy as np
+    import sympy as sp
+
+    from rlcore.exercise_checks._derivation import closed_form_check
+
+    k, G = sp.symbols("k G", integer=True, positive=True)
+    symbols = {"k": k, "G": G}
+    reference = binary_group_advantage(k, G)
+
+    points = [({"k": 1, "G": 2}, "one right, one wrong"), ({"k": 1, "G": 8}, "one correct answer out of eight"),
+              ({"k": 7, "G": 8}, "one wrong answer out of eight"), ({"k": 4, "G": 8}, "half of the group correct"),
+              ({"k": 2, "G": 16}, "two correct answers out of sixteen")]
+    rng = np.random.default_rng(6)
+    for i in range(8):
+        G_ = int(rng.integers(3, 65))
+        points.append(({"k": int(rng.integers(1, G_)), "G": G_}, f"random group {i + 1}"))
+    mistakes = [
+        ((sp.sqrt((G - k) / k), -sp.sqrt(k / (G - k))),
+         "that uses the population standard deviation (divisor G); eq-group-advantage in rlcore and TRL divides by "
+         "the sample standard deviation (divisor G - 1)."),
+        (((G - k) / G, -k / G),
+         "that is only the centred reward; eq-group-advantage also divides by the group's standard deviation."),
+        ((-sp.sqrt(k * (G - 1) / ((G - k) * G)), sp.sqrt((G - k) * (G - 1) / (k * G))),
+         "the two values are swapped (or the signs flipped): a correct answer beats the group mean, so its "
+         "advantage is positive."),
+        ((sp.sqrt(k * (G - 1) / ((G - k) * G)), -sp.sqrt((G - k) * (G - 1) / (k * G))),
+         "the magnitudes are swapped: the rarer outcome gets the larger advantage (a single correct answer in a "
+         "large group is pushed up strongly)."),
+    ]
+    return closed_form_check(
+        fn, symbols, reference, points, "binary_group_advantage",
+        hint="with k ones and G - k zeros, write the group mean, then the sum of squared deviations (k of one "
+             "size, G - k of the other) and the sample standard deviation; divide each centred reward by it and "
+             "simplify. Return the pair (correct, wrong) as formulas in k and G.",
+        exercise="ex-06-binary-advantage", mistakes=mistakes, raise_on_fail=raise_on_fail)
