@@ -80,3 +80,51 @@ def test_reflection_checker_rejects_substring_and_counting(capsys):
     with pytest.raises(AssertionError):
         checks.check_reflection_rate(lambda cs, w: 0.0, raise_on_fail=True)
     assert REFLECTION_WORDS  # the exercise passes this tuple as `words`
+
+
+# ------------------------------------------------------------------ derivation: zero-variance groups under two rules
+def test_zero_variance_share_right_formulas_pass(capsys):
+    def four_pairs(p_acc, p_fmt, G):  # every answer of the group has the same pair of rule outcomes
+        return sum((a * f) ** G for a in (p_acc, 1 - p_acc) for f in (p_fmt, 1 - p_fmt))
+
+    assert checks.check_zero_variance_share(checks.zero_variance_share) is True
+    assert checks.check_zero_variance_share(four_pairs, raise_on_fail=True) is True
+    assert capsys.readouterr().out.startswith("✓ zero_variance_share")
+
+
+def test_zero_variance_share_reference_matches_simulated_groups():
+    """Against simulated groups scored with weights 1 and 0.5, and rlcore's zero-variance detector."""
+    import numpy as np
+    import torch
+
+    from rlcore.returns import zero_variance_groups
+
+    rng = np.random.default_rng(0)
+    for p_acc, p_fmt, G in [(0.1, 0.5, 4), (0.6, 0.9, 8), (0.02, 0.3, 6)]:
+        n = 200_000
+        acc = rng.random((n, G)) < p_acc
+        fmt = rng.random((n, G)) < p_fmt
+        rewards = torch.as_tensor(1.0 * acc + 0.5 * fmt).flatten()
+        share = float(zero_variance_groups(rewards, group_size=G).float().mean())
+        expected = float(checks.zero_variance_share(p_acc, p_fmt, G))
+        assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / n) + 1e-6
+
+
+@pytest.mark.parametrize("fn,fragment", [
+    (lambda a, f, G: a**G + (1 - a) ** G, "accuracy rule alone"),
+    (lambda a, f, G: (a * f) ** G + ((1 - a) * (1 - f)) ** G, "four combinations"),
+    (lambda a, f, G: a**G + (1 - a) ** G + f**G + (1 - f) ** G, "not a sum"),
+])
+def test_zero_variance_share_mistakes_get_their_hint(fn, fragment, capsys):
+    assert checks.check_zero_variance_share(fn) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and fragment in out, out
+
+
+def test_zero_variance_share_stub_gets_not_implemented(capsys):
+    def my_zero_variance_share(p_acc, p_fmt, G):
+        ...
+
+    assert checks.check_zero_variance_share(my_zero_variance_share) is False
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "Hint" not in out

@@ -1,5 +1,7 @@
 """Checkers for chapter 7's exercises (R1-Zero in miniature): a strict format reward that
-survives reward hacking, answer extraction with exact grading, and the reflection-word rate.
+survives reward hacking, answer extraction with exact grading, and the reflection-word rate; and a
+derivation, the share of zero-variance groups under an accuracy and a format rule (a formula, see
+:mod:`rlcore.exercise_checks._derivation`).
 
 Each checker follows :func:`rlcore.exercises.check`: hand-made cases first (the reward-hacking
 cases of ``tests/test_llm_rewards.py`` among them), then random ones, expected values from
@@ -17,7 +19,7 @@ from typing import Callable
 from rlcore.exercises import Case, Mistake, check
 
 __all__ = ["GOOD_FORMAT_CASES", "HACKING_CASES", "check_format_reward", "check_answer_grading",
-           "check_reflection_rate"]
+           "check_reflection_rate", "check_zero_variance_share", "zero_variance_share"]
 
 GOOD_FORMAT_CASES = [
     ("well formed", "<think>\n2 + 3: add the units.\nSo it is 5.\n</think>\n<answer>5</answer>"),
@@ -231,3 +233,57 @@ def check_reflection_rate(fn: Callable, raise_on_fail: bool = False) -> bool:
                  hint="reread eq-reflection-rate: a completion counts when it contains one of the words or phrases "
                       "as a whole word, in any case ('Wait,' yes, 'waiting' no); the rate is the share of such "
                       "completions, and 0.0 when there are none.")
+
+
+# --------------------------------------------------------------------- derivation: groups without signal
+def zero_variance_share(p_acc, p_fmt, G):
+    """The reference: the probability that all ``G`` rewards of a group are equal when each answer is correct
+    with probability ``p_acc`` and well formed with probability ``p_fmt``, independently of each other and of
+    the other answers, and the reward is ``w_acc r_acc + w_fmt r_fmt`` with distinct positive weights (so the
+    four combinations give four different rewards). The group is constant exactly when both rules are."""
+    return (p_acc**G + (1 - p_acc) ** G) * (p_fmt**G + (1 - p_fmt) ** G)
+
+
+def check_zero_variance_share(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-07-zero-variance: ``fn(p_acc, p_fmt, G)``, called with sympy symbols (``G`` a positive
+    integer), returns :func:`zero_variance_share` as a formula; compared at hand-made and random points."""
+    import numpy as np
+    import sympy as sp
+
+    from rlcore.exercise_checks._derivation import closed_form_check
+
+    p_acc, p_fmt = sp.symbols("p_acc p_fmt", positive=True)
+    G = sp.Symbol("G", integer=True, positive=True)
+    symbols = {"p_acc": p_acc, "p_fmt": p_fmt, "G": G}
+    reference = zero_variance_share(p_acc, p_fmt, G)
+
+    def pt(a, f, g):
+        return {"p_acc": a, "p_fmt": f, "G": g}
+
+    points = [(pt(0.5, 0.5, 2), "two coin flips per answer, a group of two"),
+              (pt(0.01, 0.02, 8), "a model that is almost never right and almost never well formed"),
+              (pt(0.01, 0.9, 8), "rarely right, usually well formed"),
+              (pt(0.3, 0.99, 16), "a group of sixteen")]
+    rng = np.random.default_rng(7)
+    points += [(pt(float(np.round(rng.uniform(0.01, 0.99), 3)), float(np.round(rng.uniform(0.01, 0.99), 3)),
+                   int(rng.integers(2, 33))), f"random point {i + 1}") for i in range(8)]
+    mistakes = [
+        (p_acc**G + (1 - p_acc) ** G,
+         "that is the share for the accuracy rule alone; with the format rule in the reward, a group whose "
+         "accuracies are all equal still has signal when the formats differ."),
+        ((p_acc * p_fmt) ** G + ((1 - p_acc) * (1 - p_fmt)) ** G,
+         "a group is also constant when every answer is correct but badly formatted, or well formatted but wrong: "
+         "four combinations of the two rules, not two."),
+        (p_acc**G + (1 - p_acc) ** G + p_fmt**G + (1 - p_fmt) ** G,
+         "a group has no signal only when *both* rules are constant across it, and for independent rules the "
+         "probability of both events is a product, not a sum."),
+        ((p_acc + p_fmt) ** G,
+         "count the groups in which every answer gets the same pair of rule outcomes; each pair has its own "
+         "probability per answer."),
+    ]
+    return closed_form_check(
+        fn, symbols, reference, points, "zero_variance_share",
+        hint="with distinct weights the reward of eq-r1-total-reward determines both rule outcomes, so all G "
+             "rewards are equal exactly when the G accuracies are all equal and the G formats are all equal; use "
+             "the independence of the answers and of the two rules.",
+        exercise="ex-07-zero-variance", mistakes=mistakes, raise_on_fail=raise_on_fail)
