@@ -163,7 +163,8 @@ def evaluate_latex(expr: str) -> float | None:
     if not s.strip() or not re.fullmatch(r"[\d.\s+\-*/()]*", re.sub(r"\b(log|exp|sqrt|pi)\b", "", s)):
         return None
     try:
-        return float(eval(s, {"__builtins__": {}}, {"log": math.log, "exp": math.exp, "sqrt": math.sqrt, "pi": math.pi}))
+        functions = {"log": math.log, "exp": math.exp, "sqrt": math.sqrt, "pi": math.pi}
+        return float(eval(s, {"__builtins__": {}}, functions))  # only digits, operators and these names remain
     except Exception:  # noqa: BLE001 - anything that is not arithmetic
         return None
 
@@ -220,6 +221,7 @@ def result_like_numbers(markdown: str, settings: frozenset[float] = frozenset())
     for m in _HEDGED_MATH_RE.finditer(text):
         if re.search(r"\d", m.group(2)):
             note(m.group(2), m.start(2), text)
+
     def approximations(regex: re.Pattern, src: str) -> None:
         for seg in regex.finditer(src):
             for a in _MATH_APPROX_RE.finditer(seg.group(0)):
@@ -410,7 +412,8 @@ def test_rule_passes_math_citations_and_settings(text):
 
 
 def test_rule_accepts_settings_from_code():
-    settings = _numbers_in_code("SEEDS = pick([1, 2, 3, 4, 5], [1])\nSTEPS = pick(100_000, 15_000)  # 480 in a comment\n"
+    settings = _numbers_in_code("SEEDS = pick([1, 2, 3, 4, 5], [1])\n"
+                                "STEPS = pick(100_000, 15_000)  # 480 in a comment\n"
                                 "W = r'''\nx = dict(max_new_tokens=16)\n'''\nprint('598 s')")
     assert {100_000.0, 15_000.0, 16.0} <= settings and 480.0 not in settings and 598.0 not in settings
     assert result_like_numbers("5 seeds of 100 000 steps", settings) == []
