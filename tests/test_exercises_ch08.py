@@ -68,3 +68,57 @@ def test_loss_checker_rejects_the_unshifted_loss(capsys):
     assert "shift by one" in capsys.readouterr().out
     with pytest.raises(AssertionError):
         checks.check_sft_loss(lambda lg, lb: torch.tensor(0.0), raise_on_fail=True)
+
+
+# ------------------------------------------------------------------ derivation: the SFT optimum with lengths
+def test_sft_optimum_right_formulas_pass(capsys):
+    def weights_written_out(n_a, len_a, n_b, len_b):
+        return n_a * len_b / (n_a * len_b + n_b * len_a)
+
+    assert checks.check_sft_optimum(checks.sft_optimum) is True
+    assert checks.check_sft_optimum(weights_written_out, raise_on_fail=True) is True
+    assert capsys.readouterr().out.startswith("✓ sft_optimum")
+
+
+def test_sft_optimum_reference_minimises_the_length_normalised_loss():
+    """Train a first-token distribution (and the continuations) by gradient descent on the average of per-example
+    length-normalised losses, with rlcore's sft_loss applied to one example at a time."""
+    from rlcore.llm.sft import sft_loss
+
+    n_a, len_a, n_b, len_b = 1, 2, 1, 8
+    V = 3  # tokens 0 and 1 start A and B; token 2 fills them up
+    logits = torch.zeros(max(len_a, len_b) + 1, V, requires_grad=True)  # one distribution per position
+    opt = torch.optim.Adam([logits], lr=0.05)
+    seqs = [[0] + [2] * (len_a - 1)] * n_a + [[1] + [2] * (len_b - 1)] * n_b
+    for _ in range(1500):
+        loss = 0.0
+        for s in seqs:  # prompt token 2 (label -100), then the completion
+            labels = torch.tensor([[-100] + s])
+            step_logits = logits[: len(s) + 1][None]  # position t predicts the label at t + 1
+            loss = loss + sft_loss(step_logits, labels)
+        opt.zero_grad()
+        (loss / len(seqs)).backward()
+        opt.step()
+    p_first = torch.softmax(logits[0].detach(), -1)
+    share = float(p_first[0] / (p_first[0] + p_first[1]))
+    assert share == pytest.approx(float(checks.sft_optimum(n_a, len_a, n_b, len_b)), abs=0.01)
+
+
+@pytest.mark.parametrize("fn,fragment", [
+    (lambda a, la, b, lb: a / (a + b), "every example weighs the same"),
+    (lambda a, la, b, lb: a * la / (a * la + b * lb), "the other way round"),
+    (lambda a, la, b, lb: lb / (la + lb), "numbers of copies matter"),
+])
+def test_sft_optimum_mistakes_get_their_hint(fn, fragment, capsys):
+    assert checks.check_sft_optimum(fn) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and fragment in out, out
+
+
+def test_sft_optimum_stub_gets_not_implemented(capsys):
+    def my_sft_optimum(n_a, len_a, n_b, len_b):
+        ...
+
+    assert checks.check_sft_optimum(my_sft_optimum) is False
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "Hint" not in out

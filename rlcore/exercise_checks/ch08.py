@@ -1,5 +1,7 @@
 """Checkers for chapter 8's exercises (cold start and language consistency): the share of
-words in the target language, the SFT labels that mask the prompt, and the masked SFT loss.
+words in the target language, the SFT labels that mask the prompt, and the masked SFT loss; and a
+derivation, the minimiser of the length-normalised SFT loss on two answers of different lengths (a formula,
+see :mod:`rlcore.exercise_checks._derivation`).
 
 Each checker follows :func:`rlcore.exercises.check`: hand-made cases first, then random ones,
 expected values from rlcore's reference, and known mistakes with a hint each::
@@ -16,7 +18,8 @@ import torch
 
 from rlcore.exercises import Case, Mistake, check
 
-__all__ = ["ascii_word_share", "check_language_share", "check_sft_labels", "check_sft_loss"]
+__all__ = ["ascii_word_share", "check_language_share", "check_sft_labels", "check_sft_loss", "check_sft_optimum",
+           "sft_optimum"]
 
 
 # --------------------------------------------------------------------- language consistency
@@ -187,3 +190,54 @@ def check_sft_loss(fn: Callable, raise_on_fail: bool = False) -> bool:
                  hint="reread eq-sft-loss: line the logits at each position up with the label of the *next* "
                       "position, leave out the positions labelled -100, and average the cross-entropy over all "
                       "remaining tokens of the batch.")
+
+
+# --------------------------------------------------------------------- derivation: what SFT converges to
+def sft_optimum(n_a, len_a, n_b, len_b):
+    """The reference: the probability of answer A under the minimiser of the average of eq-sft-loss over a data
+    set with ``n_a`` copies of a completion A of ``len_a`` tokens and ``n_b`` copies of a completion B of
+    ``len_b`` tokens for the same prompt, A and B differing in their first token, for a policy that can
+    represent any distribution. Each example's loss is divided by its own length, so each copy of A weighs
+    ``1 / len_a``."""
+    return (n_a / len_a) / (n_a / len_a + n_b / len_b)
+
+
+def check_sft_optimum(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-08-sft-optimum: ``fn(n_a, len_a, n_b, len_b)``, called with sympy symbols (positive
+    integers), returns :func:`sft_optimum` as a formula; compared at hand-made and random points."""
+    import numpy as np
+    import sympy as sp
+
+    from rlcore.exercise_checks._derivation import closed_form_check
+
+    n_a, len_a, n_b, len_b = sp.symbols("n_a len_a n_b len_b", integer=True, positive=True)
+    symbols = {"n_a": n_a, "len_a": len_a, "n_b": n_b, "len_b": len_b}
+    reference = sft_optimum(n_a, len_a, n_b, len_b)
+
+    def pt(a, la, b, lb):
+        return {"n_a": a, "len_a": la, "n_b": b, "len_b": lb}
+
+    points = [(pt(1, 10, 1, 10), "one copy of each, equal lengths"),
+              (pt(3, 10, 1, 10), "A three times as frequent, equal lengths"),
+              (pt(1, 10, 1, 40), "one copy of each, B four times as long"),
+              (pt(1, 10, 4, 40), "B four times as frequent and four times as long")]
+    rng = np.random.default_rng(8)
+    points += [(pt(int(rng.integers(1, 50)), int(rng.integers(1, 200)), int(rng.integers(1, 50)),
+                   int(rng.integers(1, 200))), f"random data set {i + 1}") for i in range(8)]
+    mistakes = [
+        (n_a / (n_a + n_b),
+         "that is the optimum when every example weighs the same (its log-probability summed over its tokens, or "
+         "tokens pooled over the batch); eq-sft-loss divides each example by its own length."),
+        (n_a * len_a / (n_a * len_a + n_b * len_b),
+         "the length enters the other way round: dividing an example's loss by its length makes a long example "
+         "count less, not more."),
+        (len_b / (len_a + len_b),
+         "the numbers of copies matter too: the average loss is a weighted sum over the two answers, each weighted "
+         "by how many copies it has and by one over its length."),
+    ]
+    return closed_form_check(
+        fn, symbols, reference, points, "sft_optimum",
+        hint="only the first token's distribution is contested (the rest of each answer can be predicted with "
+             "probability one), so the average loss is a weighted sum of the negative logs of two probabilities "
+             "that add up to at most one; find the weights from eq-sft-loss and maximise.",
+        exercise="ex-08-sft-optimum", mistakes=mistakes, raise_on_fail=raise_on_fail)
