@@ -70,3 +70,50 @@ def test_think_checker_names_the_mistakes(capsys):
     assert "prepend" in capsys.readouterr().out
     with pytest.raises(AssertionError):
         checks.check_think_length(lambda c, pre: 0, raise_on_fail=True)
+
+
+# ------------------------------------------------------------------ derivation: equal compute
+def test_equal_compute_steps_right_formulas_pass(capsys):
+    def ledger_written_out(k, n_questions, n_samples, acceptance, epochs, prompts_per_step, group_size):
+        P, L = 1000, 50  # any student size and completion length: they cancel
+        distillation = 2 * k * P * n_questions * n_samples * L + 6 * P * epochs * acceptance * n_questions * n_samples * L
+        step = 2 * P * prompts_per_step * group_size * L + 6 * P * prompts_per_step * group_size * L
+        return distillation / step
+
+    assert checks.check_equal_compute_steps(checks.equal_compute_steps) is True
+    assert checks.check_equal_compute_steps(ledger_written_out, raise_on_fail=True) is True
+    assert capsys.readouterr().out.startswith("✓ equal_compute_steps")
+
+
+def test_equal_compute_steps_reference_matches_rlcores_ledger():
+    """Against rlcore's ComputeLedger for the distillation and grpo_step_flops for one step (prompts of length 0)."""
+    from rlcore.llm.distill import ComputeLedger, grpo_step_flops
+
+    P, L = 10_000, 64
+    for k, Q, n, a, E, B, G in [(1.0, 96, 4, 0.5, 2, 4, 8), (20.0, 500, 8, 0.25, 3, 16, 8), (3.0, 80, 1, 1.0, 1, 2, 16)]:
+        ledger = ComputeLedger()
+        ledger.forward(int(k * P), Q * n * L, "teacher generation")
+        ledger.train(P, int(E * a * Q * n) * L, "student SFT")
+        step = grpo_step_flops(P, B, G, prompt_len=0, completion_len=L, num_iterations=1, beta=0.0)
+        assert ledger.flops / step == pytest.approx(float(checks.equal_compute_steps(k, Q, n, a, E, B, G)), rel=1e-9)
+
+
+@pytest.mark.parametrize("fn,fragment", [
+    (lambda k, Q, n, a, E, B, G: Q * n * (1 + 3 * E * a) / (4 * B * G), "teacher's own size"),
+    (lambda k, Q, n, a, E, B, G: Q * n * (k + 3 * E * a) / (3 * B * G), "generates its samples"),
+    (lambda k, Q, n, a, E, B, G: Q * n * (k + 3 * E) / (4 * B * G), "pass the filter"),
+    (lambda k, Q, n, a, E, B, G: Q * n * (k + 3 * a) / (4 * B * G), "each epoch"),
+])
+def test_equal_compute_steps_mistakes_get_their_hint(fn, fragment, capsys):
+    assert checks.check_equal_compute_steps(fn) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and fragment in out, out
+
+
+def test_equal_compute_steps_stub_gets_not_implemented(capsys):
+    def my_equal_compute_steps(k, n_questions, n_samples, acceptance, epochs, prompts_per_step, group_size):
+        ...
+
+    assert checks.check_equal_compute_steps(my_equal_compute_steps) is False
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "Hint" not in out

@@ -1,5 +1,6 @@
 """Checkers for chapter 9's exercises (distillation and running the model): the rejection-sampling
-filter, the FLOPs of a GRPO step, and the length of the chain of thought.
+filter, the FLOPs of a GRPO step, and the length of the chain of thought; and a derivation, the number of
+GRPO steps that cost as much as a distillation (a formula, see :mod:`rlcore.exercise_checks._derivation`).
 
 Each checker follows :func:`rlcore.exercises.check`: hand-made cases first, then random ones,
 expected values from rlcore's reference, and known mistakes with a hint each::
@@ -14,7 +15,8 @@ from typing import Callable
 
 from rlcore.exercises import Case, Mistake, check
 
-__all__ = ["reference_rejection_filter", "check_rejection_filter", "check_grpo_step_flops", "check_think_length"]
+__all__ = ["reference_rejection_filter", "check_rejection_filter", "check_grpo_step_flops", "check_think_length",
+           "check_equal_compute_steps", "equal_compute_steps"]
 
 
 # --------------------------------------------------------------------- rejection sampling
@@ -213,3 +215,63 @@ def check_think_length(fn: Callable, raise_on_fail: bool = False) -> bool:
                  hint="with prefilled_think the opening tag is in the prompt, not in the completion; count the "
                       "whitespace-separated words between the first opening tag and the next closing tag (or the "
                       "end of the text); without a think block the count is 0.")
+
+
+# --------------------------------------------------------------------- derivation: equal compute
+def equal_compute_steps(k, n_questions, n_samples, acceptance, epochs, prompts_per_step, group_size):
+    """The reference: the number of GRPO steps on the student (before rounding down) whose FLOPs equal those of
+    a distillation (eq-distill-compute) in which a teacher ``k`` times the student's size samples
+    ``n_samples`` completions for each of ``n_questions`` questions, a share ``acceptance`` of them is kept,
+    and the student is fine-tuned on the kept ones for ``epochs`` epochs; each GRPO step samples
+    ``group_size`` completions for ``prompts_per_step`` questions and trains on them once (one update per
+    batch, no reference model). All completions have the same length, prompts are not counted and the
+    rewards are rules (free). The student's size and the completion length cancel."""
+    return n_questions * n_samples * (k + 3 * epochs * acceptance) / (4 * prompts_per_step * group_size)
+
+
+def check_equal_compute_steps(fn: Callable, raise_on_fail: bool = False) -> bool:
+    """Exercise ex-09-equal-compute: ``fn(k, n_questions, n_samples, acceptance, epochs, prompts_per_step,
+    group_size)``, called with sympy symbols, returns :func:`equal_compute_steps` as a formula; compared at
+    hand-made and random points."""
+    import numpy as np
+    import sympy as sp
+
+    from rlcore.exercise_checks._derivation import closed_form_check
+
+    k, acceptance = sp.symbols("k acceptance", positive=True)
+    n_questions, n_samples, epochs, prompts_per_step, group_size = sp.symbols(
+        "n_questions n_samples epochs prompts_per_step group_size", integer=True, positive=True)
+    symbols = {"k": k, "n_questions": n_questions, "n_samples": n_samples, "acceptance": acceptance,
+               "epochs": epochs, "prompts_per_step": prompts_per_step, "group_size": group_size}
+    reference = equal_compute_steps(*symbols.values())
+
+    def pt(*values):
+        return dict(zip(symbols, values))
+
+    points = [(pt(1.0, 96, 4, 0.5, 2, 4, 8), "teacher and student of the same size (the SmolLM2 comparison)"),
+              (pt(20.0, 1000, 4, 0.25, 2, 16, 8), "a teacher twenty times larger"),
+              (pt(1.0, 80, 4, 1.0, 1, 4, 8), "every sample kept, one epoch"),
+              (pt(5.0, 100, 1, 0.1, 3, 10, 10), "one sample per question, few kept")]
+    rng = np.random.default_rng(9)
+    points += [(pt(float(np.round(rng.uniform(0.5, 50), 3)), int(rng.integers(10, 2000)), int(rng.integers(1, 17)),
+                   float(np.round(rng.uniform(0.01, 1.0), 3)), int(rng.integers(1, 6)), int(rng.integers(1, 33)),
+                   int(rng.integers(2, 17))), f"random setting {i + 1}") for i in range(8)]
+    Q, n, a, E, B, Gs = n_questions, n_samples, acceptance, epochs, prompts_per_step, group_size
+    mistakes = [
+        (Q * n * (1 + 3 * E * a) / (4 * B * Gs),
+         "the teacher's forward passes cost in proportion to the teacher's own size, which is k times the "
+         "student's."),
+        (Q * n * (k + 3 * E * a) / (3 * B * Gs),
+         "an RL step does not only train: it first generates its samples, a forward pass over every token it "
+         "will train on."),
+        (Q * n * (k + 3 * E) / (4 * B * Gs),
+         "the student is fine-tuned only on the samples that pass the filter of eq-rejection-sampling."),
+        (Q * n * (k + 3 * a) / (4 * B * Gs),
+         "each epoch of the student's fine-tuning passes over the kept samples once more."),
+    ]
+    return closed_form_check(
+        fn, symbols, reference, points, "equal_compute_steps",
+        hint="write both sides of eq-distill-compute per token of a completion: the teacher's generation, the "
+             "student's fine-tuning (kept samples, every epoch), and one GRPO step (generation, then one update); "
+             "the student's size and the completion length cancel when you divide.",
+        exercise="ex-09-equal-compute", mistakes=mistakes, raise_on_fail=raise_on_fail)
