@@ -30,7 +30,7 @@ import sympy as sp
 
 from rlcore.exercises import Case, Mistake, check
 
-__all__ = ["closed_form_check", "evaluate", "random_points"]
+__all__ = ["closed_form_check", "evaluate"]
 
 _SYMBOLS_NOTE = ("(note: the check calls your function once with sympy symbols, not numbers, so that it "
                  "returns a formula: write it with sympy's functions, such as sp.sqrt, sp.log and sp.exp, "
@@ -123,13 +123,6 @@ class _Formula:
                              f"(a sympy expression{'' if self.shape == () else ', in the expected structure'})"
                              ) from exc
         return evaluate(formula, list(self.symbols.values()), values)
-
-
-def random_points(symbols: dict[str, sp.Symbol], draw: Callable[[np.random.Generator], dict[str, Any]],
-                  n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` points ``{name: value}`` drawn by ``draw(rng)`` (which knows each symbol's domain)."""
-    rng = np.random.default_rng(seed)
-    return [draw(rng) for _ in range(n)]
 
 
 def closed_form_check(
