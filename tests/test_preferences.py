@@ -176,6 +176,26 @@ def test_sequence_logps_fast_equals_teaching_path():
     torch.testing.assert_close(avg, slow / torch.tensor([2.0, 3.0, 3.0]), rtol=1e-4, atol=1e-4)  # chars + EOS
 
 
+def test_sequence_logps_at_a_temperature_are_those_of_the_tempered_softmax():
+    """``temperature=T`` scores the policy a sampler at T draws from: sum_t log softmax(logits_t / T)[y_t]."""
+    model, tok = small()
+    prompts, comps = ["1+2=", "9*9="], ["3", "81"]
+    T = 0.7
+    got = sequence_logps(model, tok, prompts, comps, temperature=T)
+    want = []
+    for p, c in zip(prompts, comps):
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        c_ids = tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([p_ids + c_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(p_ids) - 1:-1]  # the logits that predict c_ids
+        want.append(torch.log_softmax(logits / T, -1)[torch.arange(len(c_ids)), torch.tensor(c_ids)].sum())
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, sequence_logps(model, tok, prompts, comps))  # T matters
+    with pytest.raises(ValueError, match="temperature"):
+        DPOConfig(temperature=0.0)
+
+
 # ------------------------------------------------------------------ the programmed rater
 def test_gold_reward_rule():
     assert gold_reward("<answer>12</answer>", "12") == pytest.approx(1 - 0.005 * 19)
@@ -362,3 +382,12 @@ def test_dpo_with_lora_and_bf16_resumes_exactly(tmp_path):
     resumed, tok, cfg = run(checkpoint_path=ck, resume=True)
     train_dpo(cfg, resumed, None, tok, TRAIN[:16])
     assert torch.equal(params(resumed), params(ref))
+    # a run continued in the same process with the same object (its adapters already injected in place):
+    # 2 steps, then 2 more, equals 4 at once
+    ck2 = str(tmp_path / "dpo_lora_twice.pt")
+    model, tok, cfg = run(checkpoint_path=ck2)
+    cfg.max_steps = 2
+    train_dpo(cfg, model, None, tok, TRAIN[:16])
+    _, _, cfg = run(checkpoint_path=ck2, resume=True)
+    train_dpo(cfg, model, None, tok, TRAIN[:16])
+    assert torch.equal(params(model), params(ref))

@@ -73,6 +73,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..training import History
+from ..utils import check_positive
 from .preferences import (PreferencePair, _interleave, _PairTrainingConfig, _SAFE_COMMON, _start, _train_pairs,
                           check_preference_pairs, encode_prompt_completion)
 
@@ -256,8 +257,11 @@ def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
 
 # ============================================================== sequence log-probabilities
 def sequence_logps_from_ids(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                            completion_mask: torch.Tensor, fast: bool = True) -> torch.Tensor:
+                            completion_mask: torch.Tensor, fast: bool = True, temperature: float = 1.0) -> torch.Tensor:
     """``log pi(y | x) = sum_t log pi(y_t | x, y_<t)`` over the completion tokens: ``[N]`` (differentiable).
+
+    ``temperature``: the log-probabilities of the policy that samples from ``softmax(logits / T)`` (the
+    distribution a sampler at temperature ``T`` draws from; 1 is the model's own).
 
     ``fast=True``: :func:`rlcore.llm.fast.token_logprobs_fast` (each distinct prompt of adjacent rows run once,
     logits only at completion positions, in chunks); ``False``: the teaching
@@ -267,13 +271,13 @@ def sequence_logps_from_ids(model, prompt_ids: torch.Tensor, prompt_mask: torch.
     from .sampling import token_logprobs
 
     fn = token_logprobs_fast if fast else token_logprobs
-    per_token = fn(model, prompt_ids, prompt_mask, completion_ids, completion_mask)  # [N, L], 0 on padding
+    per_token = fn(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)  # [N, L], 0 on padding
     return per_token.sum(-1)
 
 
 def sequence_logps(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], max_length: int | None = None,
                    add_eos: bool = True, fast: bool = True, average: bool = False,
-                   batch_size: int | None = None) -> torch.Tensor:
+                   batch_size: int | None = None, temperature: float = 1.0) -> torch.Tensor:
     """``[N]`` sequence log-probabilities of ``(prompt, completion)`` texts (:func:`sequence_logps_from_ids`).
 
     The completion is scored with an EOS appended (``add_eos``): a preference is about the whole answer,
@@ -288,7 +292,7 @@ def sequence_logps(model, tokenizer, prompts: Sequence[str], completions: Sequen
     for s in range(0, len(prompts), step):
         p_ids, p_mask, c_ids, c_mask = encode_prompt_completion(tokenizer, prompts[s:s + step],
                                                                 completions[s:s + step], max_length, add_eos, device)
-        lp = sequence_logps_from_ids(model, p_ids, p_mask, c_ids, c_mask, fast=fast)
+        lp = sequence_logps_from_ids(model, p_ids, p_mask, c_ids, c_mask, fast=fast, temperature=temperature)
         out.append(lp / c_mask.sum(-1).to(lp.dtype) if average else lp)
     if not out:
         raise ValueError("no (prompt, completion) rows to score")
@@ -327,10 +331,15 @@ class DPOConfig(_PairTrainingConfig):
     """LoRA rank through ``peft`` (0: train every parameter). The adapters are added to ``model`` in place."""
     lora_alpha: float | None = None
     """LoRA ``alpha`` (``None``: ``2 * lora_r``)."""
+    temperature: float = 1.0
+    """The policy is the model sampled at this temperature: ``pi(y|x)`` and ``pi_ref(y|x)`` are products of
+    ``softmax(logits / T)``. Use the temperature the pairs were sampled at (the reference policy that made
+    the data), and sample the trained model at the same temperature."""
 
     def __post_init__(self):
         super().__post_init__()
         check_beta(self.beta, "beta")
+        check_positive("temperature", self.temperature)
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 0:
@@ -384,7 +393,7 @@ def train_dpo(cfg: DPOConfig, model: nn.Module, ref_model: nn.Module | None, tok
         prompts, texts = _interleave(batch)
         ids = encode_prompt_completion(tokenizer, prompts, texts, cfg.max_length, device=device)
         with autocast(device, enabled=cfg.bf16):
-            lp = sequence_logps_from_ids(net, *ids, fast=cfg.fast).float()  # [2B]: chosen even, rejected odd
+            lp = sequence_logps_from_ids(net, *ids, fast=cfg.fast, temperature=cfg.temperature).float()  # [2B]: chosen even, rejected odd
         return lp.view(-1, 2)  # [B, 2]
 
     @torch.no_grad()

@@ -608,6 +608,14 @@ def _start(cfg, algo: str, safe: Mapping[str, str], pairs: Sequence[PreferencePa
     return ck
 
 
+def _model_state(model: nn.Module) -> nn.Module:
+    """The module whose ``state_dict`` a checkpoint holds: under a ``peft`` wrapper, the base model with its
+    adapters injected (the same keys whether the caller passes the wrapper or the model it wrapped in place,
+    so a run can be continued with either object)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 def _train_pairs(cfg, algo: str, model: nn.Module, params: list, pairs: Sequence[PreferencePair], ck: dict | None,
                  step_fn: Callable, eval_fn: Callable | None, extra_state: dict) -> History:
     """The loop of both pairwise trainers: AdamW over ``params``, checkpoints, interrupts, resume, logs.
@@ -623,7 +631,9 @@ def _train_pairs(cfg, algo: str, model: nn.Module, params: list, pairs: Sequence
     total = cfg.total_steps(len(pairs))
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     if ck is not None:
-        model.load_state_dict(ck["model"])
+        prefix = "base_model.model."  # checkpoints written before _model_state saved the peft wrapper's keys
+        state = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in ck["model"].items()}
+        _model_state(model).load_state_dict(state)
         optimizer.load_state_dict(ck["optimizer"])
         history.load_state_dict(ck["history"])
         step = int(ck["step"])
@@ -633,7 +643,7 @@ def _train_pairs(cfg, algo: str, model: nn.Module, params: list, pairs: Sequence
 
     def save():
         if cfg.checkpoint_path:
-            save_checkpoint(cfg.checkpoint_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            save_checkpoint(cfg.checkpoint_path, {"model": _model_state(model).state_dict(), "optimizer": optimizer.state_dict(),
                                                   "history": history.state_dict(), "step": step, "rng": rng_state(),
                                                   "pairs_digest": digest, "algo": algo, "config": _plain_config(cfg),
                                                   **extra_state})
