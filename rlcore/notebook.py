@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
+from datetime import datetime, timezone
 
 __all__ = ["setup", "show_source"]
 
@@ -18,7 +19,8 @@ def setup(seed: int = 0, threads: int | None = 1, offline: bool = True) -> None:
     ``threads=1``: the classic chapters' networks are tiny, so one thread is fastest and leaves the
     other cores free; ``None`` keeps torch's default (the language-model chapters use it).
     ``offline``: nothing in the book downloads anything (``HF_HUB_OFFLINE=1`` unless already set).
-    Prints the rlcore version and whether quick mode is on, so every page says how it was run.
+    Prints one line with the rlcore version, whether quick mode is on and the UTC date and time of
+    execution, so every page says how and when it was run.
     """
     import torch
 
@@ -33,7 +35,8 @@ def setup(seed: int = 0, threads: int | None = 1, offline: bool = True) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     seed_everything(seed)
-    print(f"rlcore {rlcore.__version__}, quick mode: {quick_mode()}")
+    executed = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"rlcore {rlcore.__version__}, quick mode: {quick_mode()}, executed {executed}")
 
 
 def show_source(obj) -> None:
