@@ -12,14 +12,26 @@ Outputs
     book/_build/logs/*.log        the full Sphinx logs
 
 Execution (--execute):
-    fresh (default)  empty the jupyter-cache, then execute every notebook once
-                     (same effect as execute_notebooks: force); the student edition
-                     reuses those cached outputs instead of executing again
-    cache            reuse cached outputs of unchanged notebooks (fast iteration)
+    fresh (default)  empty the jupyter-cache and Sphinx's saved environments, then
+                     execute every notebook once; the student edition reuses those
+                     cached outputs instead of executing again
+    cache            reuse the outputs of the last build only where nothing they depend
+                     on changed (see "Reuse" below; fast iteration)
     force            execute in both editions, no cache
     off              no execution (pages show the committed notebooks, i.e. no outputs)
 
 RLCORE_QUICK=1 in the environment reaches the notebook kernels (quick budgets).
+
+Reuse: book/_build/build_manifest.json records, for the jupyter-cache and for each
+edition's Sphinx environment (book/_build/.doctrees, book/_build/student/_build/.doctrees),
+what their outputs were computed from: the mode (quick or full, and every other
+RLCORE_* variable), whether notebooks were executed, and a SHA-256 of every input --
+each notebook, the other files in chapters/, rlcore/**/*.py, benchmarks/results/**,
+book/_config.yml and book/_ext/.  When the mode or a shared input differs from the
+record (or there is no record), the cache and the saved environments are wiped, so
+every notebook is executed again; when only some notebooks changed, those are re-read
+(and re-executed unless the jupyter-cache holds outputs for their exact code).
+Switching between quick and full mode therefore always re-executes.
 Exit status: 0 on success; 1 if a build failed, or with --strict if the logs contain
 errors or warnings about broken references (see ``check_log``).
 """
@@ -27,6 +39,7 @@ errors or warnings about broken references (see ``check_log``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -65,6 +78,157 @@ def check_log(text: str) -> list[str]:
         elif "WARNING" in line and BAD_WARNING_RE.search(line):
             problems.append(line.strip())
     return problems
+
+
+# What executed outputs depend on besides each notebook itself (paths relative to the repo).
+SHARED_INPUTS = ("rlcore/**/*.py", "benchmarks/results/**/*", "book/_config.yml", "book/_ext/**/*")
+SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
+MANIFEST = "build_manifest.json"
+
+
+def is_quick(env=None) -> bool:
+    value = (os.environ if env is None else env).get("RLCORE_QUICK", "")
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(repo: Path, pattern: str) -> list[Path]:
+    return sorted(
+        p for p in repo.glob(pattern)
+        if p.is_file() and not SKIP_PARTS & set(p.relative_to(repo).parts) and p.suffix != ".pyc"
+    )
+
+
+def build_state(repo: Path, *, executed: bool, env=None) -> dict:
+    """What the outputs of a build are computed from (see "Reuse" in the module docstring)."""
+    env = os.environ if env is None else env
+    shared, notebooks = {}, {}
+    for pattern in SHARED_INPUTS:
+        for p in _files(repo, pattern):
+            shared[p.relative_to(repo).as_posix()] = _sha256(p)
+    for p in _files(repo, "chapters/**/*"):
+        rel = p.relative_to(repo).as_posix()
+        if p.name in make_toc.SKIP_NAMES or any(x.startswith(".") for x in rel.split("/")):
+            continue  # what make_toc.sync_chapters does not copy
+        (notebooks if p.suffix == ".ipynb" else shared)[rel] = _sha256(p)
+    return {
+        "quick": is_quick(env),
+        "env": {k: v for k, v in sorted(env.items())
+                if k.startswith("RLCORE_") and k != "RLCORE_QUICK"},
+        "executed": bool(executed),
+        "shared": dict(sorted(shared.items())),
+        "notebooks": dict(sorted(notebooks.items())),
+    }
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def compare_states(old: dict | None, new: dict) -> tuple[str | None, list[str]]:
+    """(why every output is stale, or None; notebooks changed since ``old``)."""
+    if not old:
+        return "no record of a previous build", []
+    if old.get("quick") != new["quick"]:
+        mode = {True: "quick", False: "full"}
+        return f"mode changed: {mode.get(old.get('quick'), '?')} -> {mode[new['quick']]}", []
+    env = _changed(old.get("env", {}), new["env"])
+    if env:
+        return f"environment changed: {', '.join(env)}", []
+    if old.get("executed") != new["executed"]:
+        return "execution switched " + ("on" if new["executed"] else "off"), []
+    shared = _changed(old.get("shared", {}), new["shared"])
+    if shared:
+        more = f" (+{len(shared) - 5} more)" if len(shared) > 5 else ""
+        return f"inputs changed: {', '.join(shared[:5])}{more}", []
+    return None, _changed(old.get("notebooks", {}), new["notebooks"])
+
+
+def _cache_key(state: dict) -> dict:
+    """The part of a state that the jupyter-cache's outputs depend on (it keys by code itself)."""
+    return {k: state[k] for k in ("quick", "env", "shared")}
+
+
+def read_manifest(build: Path) -> dict:
+    try:
+        data = json.loads((build / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_manifest(build: Path, manifest: dict) -> None:
+    build.mkdir(parents=True, exist_ok=True)
+    tmp = build / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    tmp.replace(build / MANIFEST)
+
+
+def edition_dirs(build: Path, name: str) -> list[Path]:
+    """What Sphinx/myst-nb keep between builds of one edition (the saved environment)."""
+    root = build if name == "main" else build / "student" / "_build"
+    return [root / ".doctrees", root / "jupyter_execute"]
+
+
+def plan_reuse(repo: Path, build: Path, cache: Path, *, execute: str, editions: list[str],
+               state: dict) -> dict:
+    """Wipe what could hold outputs of other inputs or another mode; return the new manifest.
+
+    The manifest keeps the records of editions not built now; the records of the editions
+    built now are dropped, and written back by the caller once each build succeeds (a
+    failed build leaves no record, so the next one starts that edition afresh).
+    """
+    old = read_manifest(build)
+    new = {"cache": old.get("cache"), "editions": dict(old.get("editions") or {})}
+    if execute != "off":  # an unexecuted build neither reads nor fills the jupyter-cache
+        if execute == "fresh":
+            reason = "--execute fresh"
+        elif old.get("cache") != _cache_key(state):
+            record = old.get("cache")
+            reason = compare_states(
+                {**record, "executed": True, "notebooks": {}} if record else None,
+                {**state, "executed": True, "notebooks": {}},
+            )[0] or "different inputs"
+        else:
+            reason = None
+        if reason:
+            if cache.exists():
+                shutil.rmtree(cache)
+            print(f"reuse: jupyter-cache emptied ({reason})")
+        new["cache"] = _cache_key(state)
+    touch = set()
+    for name in editions:
+        if execute in ("fresh", "force"):
+            reason, changed = f"--execute {execute}", []
+        else:
+            reason, changed = compare_states(new["editions"].get(name), state)
+        if reason:
+            for d in edition_dirs(build, name):
+                if d.exists():
+                    shutil.rmtree(d)
+            print(f"reuse: {name} edition: every page is read again ({reason})")
+        elif changed:
+            touch.update(changed)
+            print(f"reuse: {name} edition: {len(changed)} changed notebook(s) read again")
+        else:
+            print(f"reuse: {name} edition: mode and inputs unchanged since its last build")
+        new["editions"].pop(name, None)
+    # Sphinx re-reads a source only if its mtime is newer than its last read, and the
+    # copies in book/chapters keep the mtime of chapters/: make changed ones look new.
+    now = time.time()
+    for rel in sorted(touch):
+        copy = repo / "book" / rel
+        if copy.exists():
+            os.utime(copy, (now, now))
+    write_manifest(build, new)
+    return new
 
 
 def jupyter_book_exe() -> str:
@@ -190,27 +354,34 @@ def main(argv: list[str] | None = None) -> int:
     if not (book / "_offline" / "_static" / "mathjax" / "tex-chtml.js").exists():
         print("WARNING: no local MathJax (book/_offline/_static/mathjax); run scripts/setup.sh",
               file=sys.stderr)
-    quick = os.environ.get("RLCORE_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+    quick = is_quick()
     print(f"RLCORE_QUICK={'1 (quick budgets)' if quick else '0 (full budgets)'}")
     make_toc.prepare(repo)
 
     cache = build / ".jupyter_cache"
-    if args.execute == "fresh":
-        if cache.exists():
-            shutil.rmtree(cache)
-        main_mode, student_mode = "cache", "cache"
-    elif args.execute == "cache":
+    if args.execute in ("fresh", "cache"):
         main_mode, student_mode = "cache", "cache"
     else:
         main_mode = student_mode = args.execute
+    state = build_state(repo, executed=args.execute != "off")
+    editions = ["main"] + ([] if args.no_student else ["student"])
+    manifest = plan_reuse(repo, build, cache, execute=args.execute, editions=editions,
+                          state=state)
+
+    def record(name: str) -> None:  # this edition's outputs now match ``state``
+        manifest["editions"][name] = state
+        write_manifest(build, manifest)
 
     t0 = time.time()
     results = [build_edition(repo, student=False, execute=main_mode, cache=cache,
                              quiet=args.quiet)]
+    if results[0][0] == 0:
+        record("main")
     if results[0][0] == 0 and not args.no_student:
         results.append(build_edition(repo, student=True, execute=student_mode, cache=cache,
                                      quiet=args.quiet))
         if results[-1][0] == 0:
+            record("student")
             rewritten = student_sources(results[-1][2], repo)
             print(f"student edition: {len(rewritten)} downloadable source(s) without solutions")
 
