@@ -6,7 +6,10 @@
 #   bash scripts/book.sh --open     # and open it in a browser, if there is one
 #
 # Other options are passed to scripts/build_book.py (e.g. --execute cache to reuse
-# the outputs of unchanged notebooks, --no-student, --strict).
+# the outputs of the last build, --no-student, --strict). Reuse never mixes modes:
+# book/_build/build_manifest.json records the mode (RLCORE_QUICK) and a hash of every
+# input (notebooks, rlcore/, benchmarks/results/, book config); when they differ from
+# the last build's, every notebook is executed again.
 #
 # Output: book/_build/html/index.html (the book) and
 #         book/_build/student/html/index.html (student edition, solutions hidden).
