@@ -22,7 +22,8 @@ checkpoint; ``--runs`` picks a subset, and a stage that needs an unfinished one 
                   best-of-n is the ceiling.
 ``ppo``           RLHF-PPO (rlcore.llm.ppo, per-token KL penalty in the reward) optimising the proxy;
                   evaluated along training: proxy, gold and the Monte-Carlo sequence KL from the reference.
-``dpo``           DPO on the same pairs (LoRA), evaluated the same way.
+``dpo``           DPO on the same pairs (LoRA), evaluated the same way (the proxy of the evaluations is the
+                  reward model of ``reward_model``).
 
 Writes ``benchmarks/results/preferences.json`` + ``.png`` (command, commit, machine, date in ``meta``).
 
@@ -50,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 RUNS = ("data", "reward_model", "best_of_n", "ppo", "dpo")
 NEEDS = {"data": (), "reward_model": ("data",), "best_of_n": ("reward_model",), "ppo": ("reward_model",),
-         "dpo": ("data",)}
+         "dpo": ("reward_model",)}  # DPO trains on the pairs; its evaluation scores with the proxy too
 SUFFIX = " Answer briefly."
 
 
@@ -401,6 +402,8 @@ def run_meta(args, argv, wall):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.bon_max < 1 or args.bon_max & (args.bon_max - 1):
+        raise SystemExit(f"--bon-max must be a power of 2, got {args.bon_max}")
     if args.smoke:
         smoke_overrides(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -410,8 +413,6 @@ def main(argv=None):
     bad = [r for r in runs if r not in RUNS]
     if bad:
         raise SystemExit(f"unknown run(s) {bad}; choose from {', '.join(RUNS)}")
-    if args.bon_max < 1 or args.bon_max & (args.bon_max - 1):
-        raise SystemExit(f"--bon-max must be a power of 2, got {args.bon_max}")
     work = Path(args.work_dir)
     if args.fresh and work.exists():
         import shutil
@@ -440,7 +441,7 @@ def main(argv=None):
         if res is not None:
             print(f"[{name}] finished earlier (use --fresh to redo)")
         else:
-            if name in ("best_of_n", "ppo") and not hasattr(pipe, "rm"):
+            if name in ("best_of_n", "ppo", "dpo") and not hasattr(pipe, "rm"):
                 pipe.load_rm()
             t0 = time.perf_counter()
             res = getattr(pipe, f"run_{name}")()
