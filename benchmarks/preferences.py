@@ -240,8 +240,10 @@ class Pipeline:
         train, held = self.pairs("train"), self.pairs("eval")
         rm = self.build_rm()
         ck = self.path("rm.ckpt")
+        cfg_steps = a.rm_epochs * math.ceil(len(train) / a.batch_size)  # evaluated four times along the way
         cfg = RewardModelConfig(learning_rate=a.rm_learning_rate, epochs=a.rm_epochs, batch_size=a.batch_size,
-                                bf16=not a.smoke, seed=a.seed, eval_every=10, checkpoint_path=str(ck),
+                                bf16=not a.smoke, seed=a.seed, eval_every=max(cfg_steps // 4, 1), eval_max_pairs=64,
+                                checkpoint_path=str(ck),
                                 checkpoint_every=10, log_path=str(self.path("rm.jsonl")), resume=ck.exists(),
                                 overwrite=not ck.exists())
         t0 = time.perf_counter()
