@@ -27,10 +27,40 @@ At ``theta = theta_old`` with ``beta = 0`` the ratio is 1, so the loss *value* i
 group-normalised advantages) while its *gradient* is the REINFORCE gradient
 ``-1/N sum_i A_i 1/|o_i| sum_t grad log pi(o_it)``: the clipping only matters after the first update
 on the same batch (``num_iterations > 1``).
+
+**Data-parallel runs** (``torchrun --nproc_per_node W``, ``accelerate launch``, see the README's "Scaling out").
+:func:`train_grpo` needs no other call: when ``torch.distributed`` is initialised with ``W > 1`` processes,
+
+* every rank draws the same prompt order (``order_rng`` is seeded alike everywhere) and takes a contiguous,
+  disjoint slice of each step's ``prompts_per_step`` prompts, all ``G`` completions of a prompt on the rank that
+  owns it: a group's advantage (eq-group-advantage) needs the whole group. ``prompts_per_step`` must be
+  divisible by ``W``;
+* rewards are all-gathered before the advantages (so ``scale_rewards="batch"`` uses the global batch), the
+  gradients are summed over ranks and divided by ``W`` by an explicit all-reduce after the backward passes (what
+  DDP does, written out; it also serves the ``fast`` path, which calls the decoder directly), and each rank's
+  loss keeps the *global* normalisation: ``grpo``/``dr_grpo`` average over sequences, and every rank holds the
+  same number, so the mean of the ranks' means is the global mean; ``dapo`` divides by the all-reduced token
+  count (and is multiplied by ``W`` against the averaging). ``bnpo`` divides by the tokens of each micro-batch,
+  as on one process: a ``W``-process run equals one process with ``micro_batch_size = N / W``;
+* logged metrics are global (gathered or all-reduced; the clip fractions are the mean of the ranks'), only
+  rank 0 writes the log, runs the evaluation and saves checkpoints. A checkpoint holds no per-rank state, so
+  it resumes with any number of processes that divides ``prompts_per_step``;
+* sampling uses a generator seeded from ``(seed, step, rank)``: distinct per rank, reproducible. With
+  ``seed_per_prompt=True`` each prompt's group is instead drawn from a generator seeded from
+  ``(seed, step, position of the prompt in the step's batch)``, so the rollout does not depend on which rank
+  samples it: a ``W``-process run then equals the one-process run with the same ``prompts_per_step`` up to
+  float rounding (the ranks' tensors are padded to other widths and the gradient is summed in another
+  order; ``tests/test_llm_distributed.py`` asserts parameters within ``1e-5``).
+
+At start-up every rank compares a hash of its config (without ``device`` and ``progress_bar``), the dataset
+size and the reward weights with the others', and whether each could start (rank 0 checks the files): a
+mismatch or an indivisible batch raises the same clear error on every rank instead of a hang.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -78,6 +108,117 @@ _NOT_COMPARED = ("resume", "overwrite")  # how to start, not what the run is
 def _plain_config(cfg) -> dict:
     """The config as stored in a checkpoint: plain, JSON-able fields, without the start flags."""
     return {k: v for k, v in asdict(cfg).items() if k not in _NOT_COMPARED}
+
+
+# ============================================================== data parallelism (torchrun)
+def _dist_info() -> tuple[bool, int, int]:
+    """``(distributed, rank, world)``: distributed only when ``torch.distributed`` is initialised with > 1 process."""
+    from .sft import _dist_info as info
+
+    return info()
+
+
+def _fingerprint(cfg, n_examples: int, weights) -> int:
+    """A hash of what every rank must agree on: the config (less ``device``/``progress_bar``), dataset size, weights."""
+    plain = {k: v for k, v in asdict(cfg).items() if k not in ("device", "progress_bar")}
+    text = json.dumps([plain, n_examples, [float(w) for w in weights]], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
+
+
+def _agree_to_start(error: Exception | None, fingerprint: int, device: torch.device) -> None:
+    """Under torch.distributed: raise on every rank if any rank could not start or the configs differ."""
+    import torch.distributed as dist
+
+    mine = torch.tensor([0 if error is None else 1, fingerprint], dtype=torch.int64, device=device)
+    every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    if error is not None:
+        raise error
+    if any(int(t[0]) for t in every):
+        raise RuntimeError("another rank could not start the GRPO run (its error says why: batch size, paths, "
+                           "checkpoint or config); nothing was trained")
+    prints = [int(t[1]) for t in every]
+    if len(set(prints)) > 1:
+        raise ValueError(f"the ranks were started with different GRPO settings (config hash per rank: "
+                         f"{[f'{h:014x}' for h in prints]}); every process must get the same GRPOConfig (device "
+                         f"and progress_bar may differ), dataset size and reward weights; nothing was trained")
+
+
+def _broadcast_model(model) -> None:
+    """Rank 0's parameters and buffers on every rank (as DDP does when it wraps a model)."""
+    import torch.distributed as dist
+
+    for t in model.state_dict().values():
+        dist.broadcast(t, src=0)
+
+
+def _gather(x: torch.Tensor, world: int) -> torch.Tensor:
+    """The ranks' equally sized ``x`` concatenated in rank order: the global batch (``x`` itself on one process)."""
+    if world == 1:
+        return x
+    import torch.distributed as dist
+
+    y = x.to(torch.uint8) if x.dtype == torch.bool else x.contiguous()  # not every backend gathers bool
+    parts = [torch.empty_like(y) for _ in range(world)]
+    dist.all_gather(parts, y)
+    return torch.cat(parts).to(x.dtype)
+
+
+def _all_sum(x: torch.Tensor, world: int) -> torch.Tensor:
+    """``x`` summed over ranks (``x`` itself on one process)."""
+    if world == 1:
+        return x
+    import torch.distributed as dist
+
+    x = x.clone()
+    dist.all_reduce(x)
+    return x
+
+
+def _average_gradients(params, world: int) -> None:
+    """Replace each gradient by its mean over the ranks (one flat all-reduce)."""
+    import torch.distributed as dist
+
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+def _seeded_generator(device: torch.device, *key: int) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded from the integers ``key`` (NumPy's ``SeedSequence``)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1)))
+    return g
+
+
+def _cat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """One :class:`Rollout` from several (prompts left-padded, completions right-padded to the widest)."""
+    P = max(r.prompt_ids.shape[1] for r in parts)
+    L = max(r.completion_ids.shape[1] for r in parts)
+
+    def pad(t, width, value, left):
+        extra = width - t.shape[1]
+        return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
+
+    return Rollout(
+        prompts=[p for r in parts for p in r.prompts],
+        prompt_ids=torch.cat([pad(r.prompt_ids, P, pad_id, True) for r in parts]),
+        prompt_mask=torch.cat([pad(r.prompt_mask, P, 0, True) for r in parts]),
+        completion_ids=torch.cat([pad(r.completion_ids, L, pad_id, False) for r in parts]),
+        completion_mask=torch.cat([pad(r.completion_mask, L, 0, False) for r in parts]),
+        logprobs=torch.cat([pad(r.logprobs, L, 0.0, False) for r in parts]),
+        completions=[c for r in parts for c in r.completions],
+        terminated=torch.cat([r.terminated for r in parts]),
+        num_generations=parts[0].num_generations)
 
 
 # ============================================================== loss
@@ -237,8 +378,14 @@ class GRPOConfig:
     """LoRA rank (through ``peft``); 0 trains every parameter (the default, the path the book explains)."""
     lora_alpha: float | None = None
     """LoRA scaling ``alpha`` (``None``: ``2 * lora_r``)."""
+    seed_per_prompt: bool = False
+    """Draw each prompt's ``G`` completions with its own generator, seeded from ``(seed, step, position in the
+    step's batch)``, one sampler call per prompt: the rollout is then the same whatever the number of processes,
+    so a ``torchrun`` run equals the one-process run. ``False`` samples the batch in one call (faster)."""
 
     def __post_init__(self):
+        if not isinstance(self.seed_per_prompt, bool):
+            raise ValueError(f"seed_per_prompt must be True or False, got {self.seed_per_prompt!r}")
         if not isinstance(self.lora_r, int) or self.lora_r < 0:
             raise ValueError(f"lora_r must be an integer >= 0 (0 = full fine-tuning), got {self.lora_r!r}")
         for name in ("steps", "prompts_per_step", "num_generations", "max_new_tokens", "num_iterations"):
@@ -399,26 +546,42 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
     earlier run's files are kept unless ``resume`` or ``overwrite``); a Ctrl-C/SIGTERM ends the current step,
     saves the checkpoint and raises :class:`~rlcore.lifecycle.TrainingInterrupted`; ``resume=True`` restores
     everything and the resumed run equals an uninterrupted one, log included (each step logged once).
+
+    Under ``torchrun`` (``torch.distributed`` initialised, world size > 1) the same call trains data-parallel:
+    each rank samples its own slice of the step's prompts, whole groups only (see the module docstring).
     """
     if not isinstance(cfg, GRPOConfig):
         raise TypeError(f"cfg must be a GRPOConfig, got {type(cfg).__name__}")
-    if len(dataset) == 0:
-        raise ValueError("dataset is empty; pass a list of examples")
-    if isinstance(reward_funcs, Callable):
-        reward_funcs = [reward_funcs]
-    reward_funcs = list(reward_funcs)
-    if not reward_funcs or not all(callable(f) for f in reward_funcs):
-        raise ValueError("reward_funcs must be a non-empty list of callables f(prompts, completions, **kwargs)")
-    weights = list(reward_weights if reward_weights is not None else (cfg.reward_weights or [1.0] * len(reward_funcs)))
-    if len(weights) != len(reward_funcs):
-        raise ValueError(f"got {len(weights)} reward weights for {len(reward_funcs)} reward functions")
-    # the run's files are checked, and a checkpoint to resume read and compared, before any work is done
-    prepare_run(cfg.checkpoint_path, cfg.log_path, resume=cfg.resume, overwrite=cfg.overwrite)
-    ck = None
-    if cfg.resume:
-        ck = load_run_checkpoint(cfg.checkpoint_path, algo=ALGO, required=_CHECKPOINT_KEYS)
-        check_resume_config(ck["config"], _plain_config(cfg), RESUME_SAFE_CHANGES, path=cfg.checkpoint_path)
-        _check_resume_step(int(ck["step"]), cfg.steps, "steps", cfg.checkpoint_path)
+    distributed, rank, world = _dist_info()
+    start_error, ck, fingerprint = None, None, 0
+    try:
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty; pass a list of examples")
+        if isinstance(reward_funcs, Callable):
+            reward_funcs = [reward_funcs]
+        reward_funcs = list(reward_funcs)
+        if not reward_funcs or not all(callable(f) for f in reward_funcs):
+            raise ValueError("reward_funcs must be a non-empty list of callables f(prompts, completions, **kwargs)")
+        weights = list(reward_weights if reward_weights is not None else (cfg.reward_weights or [1.0] * len(reward_funcs)))
+        if len(weights) != len(reward_funcs):
+            raise ValueError(f"got {len(weights)} reward weights for {len(reward_funcs)} reward functions")
+        n_prompts = min(cfg.prompts_per_step, len(dataset))  # the global batch of prompts per step
+        if n_prompts % world:
+            raise ValueError(f"the {n_prompts} prompts of a step (prompts_per_step={cfg.prompts_per_step}, dataset of "
+                             f"{len(dataset)}) cannot be split evenly over {world} processes; make prompts_per_step "
+                             f"a multiple of the number of processes (each rank keeps whole groups)")
+        fingerprint = _fingerprint(cfg, len(dataset), weights)
+        # the run's files are checked (rank 0), and a checkpoint to resume read and compared, before any work is done
+        if rank == 0:
+            prepare_run(cfg.checkpoint_path, cfg.log_path, resume=cfg.resume, overwrite=cfg.overwrite)
+        if cfg.resume:
+            ck = load_run_checkpoint(cfg.checkpoint_path, algo=ALGO, required=_CHECKPOINT_KEYS)
+            check_resume_config(ck["config"], _plain_config(cfg), RESUME_SAFE_CHANGES, path=cfg.checkpoint_path)
+            _check_resume_step(int(ck["step"]), cfg.steps, "steps", cfg.checkpoint_path)
+    except Exception as exc:
+        if not distributed:
+            raise
+        start_error = exc
 
     gen = seed_everything(cfg.seed)
     if cfg.device is not None:
@@ -427,6 +590,11 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
     if device.type != "cpu":
         gen = torch.Generator(device=device)
         gen.manual_seed(cfg.seed)
+    if distributed:  # every rank learns whether all could start with the same settings, so none waits forever
+        _agree_to_start(start_error, fingerprint, device)
+        _broadcast_model(model)  # rank 0's weights everywhere (before the reference copy)
+        if ref_model is not None:
+            _broadcast_model(ref_model)
     # The reference model is only built when a KL term needs it (beta > 0): it costs a full copy.
     own_ref = False
     if cfg.beta > 0 and ref_model is None:
@@ -435,6 +603,8 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
         ref_model.eval().requires_grad_(False)
     if cfg.lora_r and not hasattr(model, "peft_config"):
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+        if distributed:
+            _broadcast_model(model)  # the adapters' initialisation too
     sample_fn = generate_fast if cfg.fast else generate
     logprob_fn = token_logprobs_fast if cfg.fast else token_logprobs
     def amp():
@@ -446,7 +616,7 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
     # refuse a run that cannot fit before any work is done (a crash at step 1 would waste the set-up)
     probe = [_format(dataset[i], cfg.template, tokenizer, cfg.prefill_think) for i in range(min(len(dataset), 64))]
     prompt_len = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in probe)
-    n_rows = cfg.prompts_per_step * cfg.num_generations
+    n_rows = n_prompts // world * cfg.num_generations  # completions on this rank
     mem = estimate_training_memory(model, min(cfg.micro_batch_size or n_rows, n_rows), prompt_len + cfg.max_new_tokens,
                                    bf16=cfg.bf16, lora=bool(cfg.lora_r), sample_rows=n_rows,
                                    sample_len=prompt_len + cfg.max_new_tokens)
@@ -472,14 +642,17 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
         order_rng.bit_generator.state = ck["order_rng"]
 
     def save(step: int):
+        if rank != 0:  # one writer; the checkpoint holds no per-rank state
+            return
         save_checkpoint(cfg.checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "ref_model": ref_model.state_dict() if own_ref else None, "history": history.state_dict(),
             "step": step, "rng": rng_state(), "generator": gen.get_state(),
             "order_rng": order_rng.bit_generator.state, "algo": ALGO, "config": _plain_config(cfg)})
 
-    logger = JSONLLogger(cfg.log_path, keep_until=start_step if cfg.resume else None)
+    logger = JSONLLogger(cfg.log_path if rank == 0 else None, keep_until=start_step if cfg.resume else None)
     G = cfg.num_generations
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prefilled = cfg.template is not None and cfg.prefill_think
     kl_fn = _kl_estimator(cfg.kl_estimator)
     loss_beta = 0.0 if cfg.kl_in_reward else cfg.beta
@@ -488,20 +661,27 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
     ro = None
     eval_metrics: dict = {}
     bar = progress(range(start_step, cfg.steps), total=cfg.steps, initial=start_step, desc="GRPO",
-                   disable=None if cfg.progress_bar else True)
+                   disable=None if cfg.progress_bar and rank == 0 else True)
     # Ctrl-C / SIGTERM: finish the current step, save a checkpoint, raise TrainingInterrupted; the log and the
     # progress bar are closed however the loop ends
     with GracefulInterrupt() as stop, logger, bar:
         for step in bar:
             t0 = time.perf_counter()
-            idx = order_rng.choice(len(dataset), size=min(cfg.prompts_per_step, len(dataset)), replace=False)
-            examples = [dataset[int(i)] for i in idx]
+            idx = order_rng.choice(len(dataset), size=n_prompts, replace=False)  # the same on every rank
+            mine = range(rank * (n_prompts // world), (rank + 1) * (n_prompts // world))  # this rank's whole groups
+            examples = [dataset[int(idx[j])] for j in mine]
             prompts = [_format(ex, cfg.template, tokenizer, cfg.prefill_think) for ex in examples]
 
             # ---- 1. rollout: G completions per prompt from the current policy (= pi_old)
+            sample = dict(num_generations=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                          top_p=cfg.top_p, **sample_kw)
             with sample_ctx():
-                ro = sample_fn(model, tokenizer, prompts, num_generations=G, max_new_tokens=cfg.max_new_tokens,
-                               temperature=cfg.temperature, top_p=cfg.top_p, generator=gen, **sample_kw)
+                if cfg.seed_per_prompt:  # a group's tokens do not depend on which rank draws them
+                    ro = _cat_rollouts([sample_fn(model, tokenizer, [p], generator=_seeded_generator(
+                        device, cfg.seed, step, 1, j), **sample) for j, p in zip(mine, prompts)], pad_id)
+                else:  # one stream per rank under torchrun
+                    ro = sample_fn(model, tokenizer, prompts, **sample,
+                                   generator=_seeded_generator(device, cfg.seed, step, 0, rank) if distributed else gen)
             p_ids, p_mask, c_ids, c_mask = ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask
             N, L = c_ids.shape
 
@@ -524,13 +704,15 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
                 rewards = rewards - cfg.beta * seq_kl
 
             # ---- 4. group-normalised advantages (eq-group-advantage); equal rewards -> 0
-            advantages = group_normalized_advantages(rewards, group_size=G, scale=cfg.scale_rewards)
-            zero_var = zero_variance_groups(rewards, group_size=G)
+            all_rewards = _gather(rewards, world)  # the global batch's rewards, in prompt order
+            advantages = group_normalized_advantages(all_rewards, group_size=G, scale=cfg.scale_rewards)
+            advantages = advantages[rank * N:(rank + 1) * N]  # this rank's rows
+            zero_var = zero_variance_groups(all_rewards, group_size=G)
 
             # ---- 5. num_iterations (mu) gradient steps on the same batch
             model.train()
             mb = cfg.micro_batch_size or N
-            n_tokens = c_mask.sum()
+            n_tokens = _all_sum(c_mask.sum(), world)  # dapo's denominator: the global batch's tokens
             step_metrics: list[dict] = []
             entropy_sum = torch.zeros((), device=device)
             for it in range(cfg.num_iterations):
@@ -553,39 +735,54 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
                     # of the batch; dapo already divides by the global token count.
                     if cfg.loss_type != "dapo":
                         loss = loss * (logp.shape[0] / N)
+                    elif distributed:  # undo the averaging over ranks below: the sum over all tokens counts
+                        loss = loss * world
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite GRPO loss at step {step}; lower learning_rate or "
                                                  f"check rewards")
                     loss.backward()
                     loss_total += loss.item()
                     step_metrics.append(met)
+                if distributed:  # every rank steps with the mean gradient, as DDP would
+                    _average_gradients(trainable_parameters(model), world)
                 grad_norm = clip_grad_norm(trainable_parameters(model), cfg.max_grad_norm)  # norm before clipping
                 optimizer.step()
             model.eval()
 
-            # ---- 6. metrics
-            lengths = c_mask.sum(1).float()
-            term = ro.terminated.to(device)
+            # ---- 6. metrics (of the global batch: gathered or summed over ranks under torchrun)
+            lengths = _gather(c_mask.sum(1).float(), world)
+            term = _gather(ro.terminated.to(device), world)
+            reflection = _reflection_rate(ro.completions)
+            n_all = N * world
+            if distributed:
+                totals = torch.tensor([loss_total, entropy_sum.item(), reflection * N, float(stop.requested)],
+                                      dtype=torch.float64, device=device)
+                totals = _all_sum(totals, world)
+                loss_total, entropy_sum, reflection = totals[0].item() / world, totals[1], totals[2].item() / n_all
+                stop.requested = stop.requested or totals[3].item() > 0  # every rank stops at the same step
             m = {
-                "reward": rewards.mean().item(), "reward_std": rewards.std().item() if N > 1 else 0.0,
+                "reward": all_rewards.mean().item(), "reward_std": all_rewards.std().item() if n_all > 1 else 0.0,
                 "frac_zero_std_groups": zero_var.float().mean().item(),
                 "loss": loss_total, "grad_norm": grad_norm,
                 "entropy": (entropy_sum / n_tokens.clamp(min=1)).item(),
                 "completion_length": lengths.mean().item(),
                 "completion_length_terminated": lengths[term].mean().item() if term.any() else None,
                 "truncation_rate": 1.0 - term.float().mean().item(),
-                "reflection_rate": _reflection_rate(ro.completions),
+                "reflection_rate": reflection,
                 "step_time": time.perf_counter() - t0,
             }
             for name, vals in per_func.items():
-                m[f"rewards/{name}"] = vals.float().mean().item()
-                m[f"rewards/{name}_std"] = vals.float().std().item() if len(vals) > 1 else 0.0
+                vals = _gather(vals.float().to(device), world)
+                m[f"rewards/{name}"] = vals.mean().item()
+                m[f"rewards/{name}_std"] = vals.std().item() if len(vals) > 1 else 0.0
             for k in step_metrics[0]:
                 m[k] = float(np.mean([d[k] for d in step_metrics]))
+                if distributed:  # the mean of the ranks' means
+                    m[k] = _all_sum(torch.tensor(m[k], dtype=torch.float64, device=device), world).item() / world
             if seq_kl is not None:
-                m["kl"] = (seq_kl.sum() / n_tokens.clamp(min=1)).item()
+                m["kl"] = (_all_sum(seq_kl.sum(), world) / n_tokens.clamp(min=1)).item()
             done = step + 1
-            if eval_dataset is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
+            if rank == 0 and eval_dataset is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
                 eval_metrics = evaluate(model, tokenizer, eval_dataset, cfg.template, eval_tokens,
                                         cfg.eval_batch_size, prefill_think=cfg.prefill_think, fast=cfg.fast,
                                         bf16=cfg.bf16)
