@@ -228,3 +228,43 @@ def test_ddp_grpo_bad_input_fails_on_every_rank(tmp_path):
     for e in errors:
         assert e["indivisible"].startswith("ValueError") and "cannot be split evenly over 2 processes" in e["indivisible"]
         assert e["mismatch"].startswith("ValueError") and "different GRPO settings" in e["mismatch"]
+
+
+_TORCHRUN_SCRIPT = """
+import json, sys
+import torch
+import torch.distributed as dist
+torch.set_num_threads(1)
+from rlcore.llm.grpo import GRPOConfig, train_grpo
+from rlcore.llm.models import tiny_model
+from rlcore.llm.tasks import arithmetic_dataset
+def reward(prompts, completions, **kw):
+    return [float(len(c) % 3) for c in completions]
+model, tok = tiny_model(seed=0, n_layer=1, d_model=32)
+cfg = GRPOConfig(steps=2, prompts_per_step=4, num_generations=3, max_new_tokens=8, template=None, seed=1,
+                 progress_bar=False, seed_per_prompt=True, log_completions=0)
+res = train_grpo(cfg, model, tok, arithmetic_dataset(16, digits=1, seed=0), [reward])
+assert dist.is_initialized(), "train_grpo should have joined torchrun's process group"
+out = {"world": dist.get_world_size(), "reward": [float(x) for x in res.history["reward"]]}
+json.dump(out, open(sys.argv[1] + f".rank{dist.get_rank()}", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_grpo_script_runs_unchanged_under_torchrun(tmp_path):
+    """A plain script (no process-group set-up of its own) under ``torchrun --nproc_per_node 2``."""
+    import json
+    import subprocess
+    import sys
+
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    script = tmp_path / "grpo_script.py"
+    script.write_text(_TORCHRUN_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=180, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outs = [json.loads((tmp_path / f"out.rank{r}").read_text()) for r in range(2)]
+    assert outs[0] == outs[1] and outs[0]["world"] == 2 and len(outs[0]["reward"]) == 2

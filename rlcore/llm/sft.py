@@ -398,8 +398,17 @@ def _plain_config(cfg: SFTConfig) -> dict:
 
 
 def _dist_info() -> tuple[bool, int, int]:
+    """``(distributed, rank, world)``. Under ``torchrun``/``accelerate launch`` (``WORLD_SIZE`` > 1 in the
+    environment) a process group not yet initialised is joined here (``env://``; NCCL for CUDA tensors and gloo
+    for CPU ones where a GPU is visible, gloo otherwise), so a training script needs no set-up of its own."""
+    import os
+
     import torch.distributed as dist
 
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return True, dist.get_rank(), dist.get_world_size()
     return False, 0, 1
