@@ -112,7 +112,8 @@ def _plain_config(cfg) -> dict:
 
 # ============================================================== data parallelism (torchrun)
 def _dist_info() -> tuple[bool, int, int]:
-    """``(distributed, rank, world)``: distributed only when ``torch.distributed`` is initialised with > 1 process."""
+    """``(distributed, rank, world)``: distributed when ``torch.distributed`` is initialised with > 1 process (under
+    ``torchrun``/``accelerate launch`` the process group is joined here, :func:`rlcore.llm.sft._dist_info`)."""
     from .sft import _dist_info as info
 
     return info()
@@ -759,7 +760,7 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
                                       dtype=torch.float64, device=device)
                 totals = _all_sum(totals, world)
                 loss_total, entropy_sum, reflection = totals[0].item() / world, totals[1], totals[2].item() / n_all
-                stop.requested = stop.requested or totals[3].item() > 0  # every rank stops at the same step
+                stop_any = totals[3].item() > 0  # a signal on any rank: every rank stops after this step
             m = {
                 "reward": all_rewards.mean().item(), "reward_std": all_rewards.std().item() if n_all > 1 else 0.0,
                 "frac_zero_std_groups": zero_var.float().mean().item(),
@@ -799,7 +800,7 @@ def train_grpo(cfg: GRPOConfig, model, tokenizer, dataset: Sequence, reward_func
                                                                               and done % cfg.checkpoint_every == 0))
             if saved:
                 save(done)
-            if stop.requested:  # a signal arrived during this step: keep everything done so far
+            if (stop_any if distributed else stop.requested):  # a signal arrived during this step: keep what is done
                 if cfg.checkpoint_path and not saved:
                     save(done)
                 raise stop.interrupted(cfg.checkpoint_path, done)
