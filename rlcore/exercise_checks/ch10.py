@@ -109,7 +109,7 @@ def check_bon_win_rate(fn: Callable, raise_on_fail: bool = False) -> bool:
     rng = np.random.default_rng(10)
     points += [({"n": int(v)}, f"random n {i + 1}") for i, v in enumerate(rng.integers(3, 500, size=8))]
     mistakes = [
-        ((n - 1) / n, "with n = 1 best-of-n is the reference, which wins against an independent copy of itself half "
+        ((n - 1) / n, "best-of-one is the reference itself, which wins against an independent copy of itself half "
                       "the time."),
         (1 - sp.Rational(1, 2) ** n, "the n draws are not n independent coin flips against the reference sample: they "
                                      "all face the same reference sample."),
