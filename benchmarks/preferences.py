@@ -492,31 +492,32 @@ def plot(runs, path):
         bon = runs.get("best_of_n")
         if bon:
             out.append(("best-of-n (proxy picks)", [r["kl_bound"] for r in bon["curve"]],
-                        [r[key] for r in bon["curve"]], "o-"))
+                        [r[key] for r in bon["curve"]], "o-", "C0"))
             if key == "gold":
                 out.append(("best-of-n (gold picks)", [r["kl_bound"] for r in bon["curve"]],
-                            [r["gold_if_gold_picks"] for r in bon["curve"]], "o:"))
-        for name, label in (("ppo", "RLHF-PPO"), ("dpo", "DPO")):
+                            [r["gold_if_gold_picks"] for r in bon["curve"]], "o:", "C7"))
+        for name, label, color in (("ppo", "RLHF-PPO", "C3"), ("dpo", "DPO", "C1")):
             r = runs.get(name)
             if r:
                 evs = [dict(r["reference"], step=0)] + r["evals"]
                 out.append((label, [max(e["kl"]["mean"], 0.0) if "kl" in e else 0.0 for e in evs],
-                            [e[key] for e in evs], "s-"))
+                            [e[key] for e in evs], "s-", color))
         return out
 
     for ax, key, title in ((axes[1], "proxy", "proxy reward (reward model)"), (axes[2], "gold", "gold reward")):
-        for label, xs, ys, st in curve(key):
+        for label, xs, ys, st, color in curve(key):  # one colour per method in every panel
             m = [y["mean"] for y in ys]
             lo = [y["ci95"][0] for y in ys]
             hi = [y["ci95"][1] for y in ys]
-            ax.plot(xs, m, st, label=label, ms=4)
-            ax.fill_between(xs, lo, hi, alpha=0.15)
+            ax.plot(xs, m, st, label=label, ms=4, color=color)
+            ax.fill_between(xs, lo, hi, alpha=0.15, color=color)
         ax.set_xlabel("KL(pi || pi_ref) (nats; best-of-n: the bound log n - (n-1)/n)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[1].legend(frameon=False, fontsize=8)
+    axes[2].legend(frameon=False, fontsize=8)
     ax = axes[3]
-    for name, label in (("ppo", "RLHF-PPO (+ reward model training)"), ("dpo", "DPO")):
+    for name, label, color in (("ppo", "RLHF-PPO (+ reward model training)", "C3"), ("dpo", "DPO", "C1")):
         r = runs.get(name)
         if r:
             off = r.get("reward_model_train_s", 0.0)
@@ -524,7 +525,7 @@ def plot(runs, path):
             ys = [r["reference"]["gold"]] + [e["gold"] for e in r["evals"]]
             ax.errorbar(xs, [y["mean"] for y in ys], yerr=[[y["mean"] - y["ci95"][0] for y in ys],
                                                             [y["ci95"][1] - y["mean"] for y in ys]],
-                        fmt="s-", capsize=3, label=label, ms=4)
+                        fmt="s-", capsize=3, label=label, ms=4, color=color)
     ax.set_xlabel("training time on this CPU (min)")
     ax.set_title("gold reward at equal compute", fontsize=10)
     ax.legend(frameon=False, fontsize=8)
