@@ -10,6 +10,7 @@
 # book/_build/build_manifest.json records the mode (RLCORE_QUICK) and a hash of every
 # input (notebooks, rlcore/, benchmarks/results/, book config); when they differ from
 # the last build's, every notebook is executed again.
+# The build ends with a table of each notebook's execution time and their total.
 #
 # Output: book/_build/html/index.html (the book) and
 #         book/_build/student/html/index.html (student edition, solutions hidden).

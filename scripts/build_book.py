@@ -231,6 +231,31 @@ def plan_reuse(repo: Path, build: Path, cache: Path, *, execute: str, editions: 
     return new
 
 
+def execution_times(cache: Path) -> list[tuple[str, float | None]]:
+    """``(notebook name, seconds)`` of every notebook whose outputs the jupyter-cache holds, in name
+    order: how long each took to execute when it last ran (``None`` when the cache did not record it)."""
+    if not cache.exists():
+        return []
+    from jupyter_cache import get_cache
+
+    rows = {}
+    for rec in get_cache(str(cache)).list_cache_records():
+        rows[Path(rec.uri).stem] = (rec.data or {}).get("execution_seconds")
+    return sorted(rows.items())
+
+
+def format_execution_table(rows: list[tuple[str, float | None]]) -> str:
+    """The table ``scripts/book.sh`` prints at the end: one line per notebook and the total."""
+    if not rows:
+        return "notebook execution times: none recorded (no notebook was executed through the cache)"
+    width = max(len(name) for name, _ in rows)
+    lines = ["notebook execution times (from the jupyter-cache, when each notebook last ran):"]
+    lines += [f"  {name:<{width}}  {'?' if sec is None else f'{sec:8.1f} s'}" for name, sec in rows]
+    total = sum(sec for _, sec in rows if sec is not None)
+    lines.append(f"  {'total':<{width}}  {total:8.1f} s ({total / 60:.1f} min)")
+    return "\n".join(lines)
+
+
 def jupyter_book_exe() -> str:
     exe = Path(sys.executable).with_name("jupyter-book")
     if exe.exists():
@@ -398,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         elif problems and args.strict:
             status = 1
     index = build / "html" / "index.html"
+    if args.execute != "off":
+        print("\n" + format_execution_table(execution_times(cache)))
     print(f"\nTotal build time: {time.time() - t0:.0f} s")
     if status == 0:
         print(f"Book:            {index}")

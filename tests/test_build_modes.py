@@ -151,3 +151,23 @@ def test_compare_states():
     changed = build_book.compare_states(
         state(), state(notebooks={"chapters/01.ipynb": "3", "chapters/02.ipynb": "5"}))
     assert changed == (None, ["chapters/02.ipynb"])
+
+
+def test_execution_time_table_reads_the_jupyter_cache(tmp_path):
+    """book.sh ends with a per-notebook time table, read from the jupyter-cache's records."""
+    nbformat = pytest.importorskip("nbformat")
+    jc = pytest.importorskip("jupyter_cache")
+    from jupyter_cache.base import CacheBundleIn
+
+    assert build_book.execution_times(tmp_path / "missing") == []
+    assert "none recorded" in build_book.format_execution_table([])
+    cache = jc.get_cache(str(tmp_path / "cache"))
+    for name, seconds in [("02_b", 30.0), ("01_a", 90.0)]:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"print({name!r})", execution_count=1)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        cache.cache_notebook_bundle(CacheBundleIn(nb, str(tmp_path / f"{name}.ipynb"),
+                                                  data={"execution_seconds": seconds}), overwrite=True)
+    rows = build_book.execution_times(tmp_path / "cache")
+    assert rows == [("01_a", 90.0), ("02_b", 30.0)]
+    table = build_book.format_execution_table(rows)
+    assert "01_a" in table and "90.0 s" in table and "120.0 s (2.0 min)" in table
