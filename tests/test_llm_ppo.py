@@ -82,3 +82,37 @@ def test_ppo_lm_config_errors():
         PPOLMConfig(truncation="maybe")
     with pytest.raises(ValueError, match="total_steps"):
         PPOLMConfig(total_steps=0)
+
+
+def test_ppo_lm_fast_sampler_trains_and_is_reproducible(data):
+    """fast=True samples with generate_fast (the GRPO CPU path): the run trains and the same seed repeats it."""
+    torch.set_num_threads(1)
+    runs = []
+    for _ in range(2):
+        model, tok = tiny_model(seed=0, n_layer=1, d_model=32)
+        runs.append(train_ppo_lm(_cfg(total_steps=3, fast=True), model, tok, data, [shifted_digit_reward]))
+    h = runs[0].history
+    assert all(math.isfinite(v) for v in h["loss"]) and len(h["reward"]) == 3
+    assert runs[0].history["reward"] == pytest.approx(runs[1].history["reward"], abs=0)
+    for (k, a), (_, b) in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="fast"):
+        _cfg(fast="yes")
+
+
+def test_ppo_lm_checkpoint_without_the_fast_field_resumes(data, tmp_path):
+    """A checkpoint written before ``PPOLMConfig.fast`` existed resumes with the default (the teaching sampler);
+    one that asks for the other sampler is refused."""
+    torch.set_num_threads(1)
+    ck = str(tmp_path / "ppo.pt")
+    m, tok = tiny_model(seed=0, n_layer=1, d_model=32)
+    train_ppo_lm(_cfg(total_steps=1, checkpoint_path=ck), m, tok, data, [shifted_digit_reward])
+    state = torch.load(ck, weights_only=False)
+    del state["config"]["fast"]
+    torch.save(state, ck)
+    m, _ = tiny_model(seed=0, n_layer=1, d_model=32)
+    res = train_ppo_lm(_cfg(total_steps=2, checkpoint_path=ck, resume=True), m, tok, data, [shifted_digit_reward])
+    assert list(res.history.steps("reward")) == [1, 2]
+    with pytest.raises(ValueError, match="fast"):
+        train_ppo_lm(_cfg(total_steps=3, checkpoint_path=ck, resume=True, fast=True), m, tok, data,
+                     [shifted_digit_reward])

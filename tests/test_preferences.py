@@ -391,3 +391,19 @@ def test_dpo_with_lora_and_bf16_resumes_exactly(tmp_path):
     _, _, cfg = run(checkpoint_path=ck2, resume=True)
     train_dpo(cfg, model, None, tok, TRAIN[:16])
     assert torch.equal(params(model), params(ref))
+
+
+def test_dpo_checkpoint_without_the_temperature_field_resumes(tmp_path):
+    """A DPO checkpoint written before ``DPOConfig.temperature`` existed resumes at the default temperature 1."""
+    ck = str(tmp_path / "dpo.pt")
+    model, tok = small()
+    train_dpo(DPOConfig(max_steps=1, batch_size=4, checkpoint_path=ck), model, None, tok, TRAIN[:8])
+    state = torch.load(ck, weights_only=False)
+    del state["config"]["temperature"]
+    torch.save(state, ck)
+    model, tok = small()
+    hist = train_dpo(DPOConfig(max_steps=2, batch_size=4, checkpoint_path=ck, resume=True), model, None, tok, TRAIN[:8])
+    assert list(hist.steps("loss")) == [1, 2]
+    with pytest.raises(ValueError, match="temperature"):
+        train_dpo(DPOConfig(max_steps=3, batch_size=4, checkpoint_path=ck, resume=True, temperature=0.5), model, None,
+                  tok, TRAIN[:8])

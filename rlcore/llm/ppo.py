@@ -384,6 +384,12 @@ class PPOLMConfig:
     ``grad_norm`` (the norm before clipping) is logged either way."""
     template: str | None = "r1_zero"
     """Prompt template for :func:`rlcore.llm.tasks.format_prompt`; ``None``: the bare question."""
+    fast: bool = False
+    """Sample with :func:`rlcore.llm.fast.generate_fast` (the CPU-fast path of GRPO: a shared prompt prefix is
+    computed once, finished rows leave the batch) instead of the teaching sampler
+    :func:`rlcore.llm.sampling.generate`. Both draw from the same distribution, but not the same random numbers,
+    so a run is reproducible with either, not across them. PPO recomputes every log-probability it uses, so the
+    sampler's own log-probabilities do not enter the update."""
     reward_weights: list[float] | None = None
     """Weights of the reward functions (``None``: all 1)."""
     seed: int = 0
@@ -421,6 +427,8 @@ class PPOLMConfig:
         check_positive("beta", self.beta, allow_zero=True)
         check_probability("gamma", self.gamma)
         check_probability("gae_lambda", self.gae_lambda)
+        if not isinstance(self.fast, bool):
+            raise ValueError(f"fast must be True or False, got {self.fast!r}")
         if self.truncation not in ("terminal", "bootstrap"):
             raise ValueError(f"truncation must be 'terminal' or 'bootstrap', got {self.truncation!r}")
         if self.kl_in not in ("reward", "loss"):
@@ -464,6 +472,7 @@ def train_ppo_lm(cfg: PPOLMConfig, model: nn.Module, tokenizer, dataset: Sequenc
     """
     from .grpo import _check_resume_step, _format, _plain_config, _reward_kwargs, evaluate  # shared with GRPO
     from .rewards import compute_rewards
+    from .fast import generate_fast
     from .sampling import generate
 
     if not isinstance(cfg, PPOLMConfig):
@@ -478,7 +487,10 @@ def train_ppo_lm(cfg: PPOLMConfig, model: nn.Module, tokenizer, dataset: Sequenc
     ck = None
     if cfg.resume:
         ck = load_run_checkpoint(cfg.checkpoint_path, algo=ALGO, required=_CHECKPOINT_KEYS)
-        check_resume_config(ck["config"], _plain_config(cfg), RESUME_SAFE_CHANGES, path=cfg.checkpoint_path)
+        from .preferences import _with_added_defaults
+
+        saved = _with_added_defaults(ck["config"], PPOLMConfig, ("fast",))  # checkpoints older than the field
+        check_resume_config(saved, _plain_config(cfg), RESUME_SAFE_CHANGES, path=cfg.checkpoint_path)
         _check_resume_step(int(ck["step"]), cfg.total_steps, "total_steps", cfg.checkpoint_path)
     perm_gen = seed_everything(cfg.seed)  # CPU generator: minibatch order
     wrapper = model if isinstance(model, ValueHead) else ValueHead(model, separate_critic=cfg.separate_critic)
@@ -539,7 +551,8 @@ def train_ppo_lm(cfg: PPOLMConfig, model: nn.Module, tokenizer, dataset: Sequenc
             # ---- rollout with the current policy (= pi_old for this iteration)
             wrapper.eval()
             with torch.no_grad():
-                ro = generate(wrapper.policy, tokenizer, prompts, num_generations=G, max_new_tokens=cfg.max_new_tokens,
+                sampler = generate_fast if cfg.fast else generate
+                ro = sampler(wrapper.policy, tokenizer, prompts, num_generations=G, max_new_tokens=cfg.max_new_tokens,
                               temperature=cfg.temperature, generator=gen)
             prompt_ids, prompt_mask = ro.prompt_ids.to(device), ro.prompt_mask.to(device)
             comp_ids, comp_mask = ro.completion_ids.to(device), ro.completion_mask.to(device)

@@ -591,13 +591,27 @@ def _pairs_seen(step: int, n: int, batch_size: int) -> int:
     return epochs * n + min(b * batch_size, n)
 
 
+NEW_FIELDS = ("temperature",)
+"""Config fields added after checkpoints were first written, whose defaults are the behaviour before they existed
+(``DPOConfig.temperature = 1``): a checkpoint without them resumes as if it had stored the default."""
+
+
+def _with_added_defaults(saved: Mapping, cls, names: Sequence[str]) -> dict:
+    """``saved`` with each missing field of ``names`` that ``cls`` has filled in with its default."""
+    from dataclasses import MISSING, fields
+
+    defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    return {**{n: defaults[n] for n in names if n in defaults and n not in saved}, **saved}
+
+
 def _start(cfg, algo: str, safe: Mapping[str, str], pairs: Sequence[PreferencePair], required) -> dict | None:
     """Check the run's files (and read and compare the checkpoint to resume) before any work is done."""
     prepare_run(cfg.checkpoint_path, cfg.log_path, resume=cfg.resume, overwrite=cfg.overwrite)
     if not cfg.resume:
         return None
     ck = load_run_checkpoint(cfg.checkpoint_path, algo=algo, required=tuple(required) + ("pairs_digest",))
-    check_resume_config(ck["config"], _plain_config(cfg), safe, path=cfg.checkpoint_path)
+    check_resume_config(_with_added_defaults(ck["config"], type(cfg), NEW_FIELDS), _plain_config(cfg), safe,
+                        path=cfg.checkpoint_path)
     total = cfg.total_steps(len(pairs))
     if int(ck["step"]) > total:
         raise ValueError(f"the checkpoint {cfg.checkpoint_path!r} is at step {int(ck['step'])}, beyond the {total} "
