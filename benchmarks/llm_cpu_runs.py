@@ -37,7 +37,6 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -405,20 +404,14 @@ class Pipeline:
         return out
 
 
-from rlcore.llm.results import cpu_model, git_commit  # noqa: E402
+from rlcore.llm.results import git_commit, run_meta as _run_meta  # noqa: E402
 
 START_COMMIT = git_commit(ROOT)  # the code this process runs: read once at start, not when a run ends
 
 
 def run_meta(args, argv, wall):
-    import transformers
-
-    return {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + list(argv)),
-            "git_commit": START_COMMIT, "cpu": cpu_model(), "threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": wall,
-            "model": "tiny_model (smoke)" if args.smoke else "smollm2-135m-instruct", "smoke": args.smoke}
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
+    return _run_meta(__file__, argv, wall, START_COMMIT, args.smoke, device=device)
 
 
 def main(argv=None):

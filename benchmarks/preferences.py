@@ -40,7 +40,6 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +185,7 @@ class Pipeline:
         flat = [p for p in prompts for _ in range(a.eval_samples)]
         proxy = self.rm.score(flat, ro.completions).tolist()
         gold = [self.gold(p, c) for p, c in zip(flat, ro.completions)]
-        correct = [float(self.gold(p, c) + a.length_penalty * len(c) > 0.5) for p, c in zip(flat, ro.completions)]
+        correct = [float(g + a.length_penalty * len(c) > 0.5) for g, c in zip(gold, ro.completions)]  # undo the cost
         kl = (lp - lp_ref).tolist()
         return {"kl": mean_ci(kl), "proxy": mean_ci(proxy), "gold": mean_ci(gold), "accuracy": mean_ci(correct),
                 "length_chars": float(np.mean([len(c) for c in ro.completions])),
@@ -386,19 +385,13 @@ class Pipeline:
                                                      else None)}
 
 
-from rlcore.llm.results import cpu_model, git_commit  # noqa: E402
+from rlcore.llm.results import git_commit, run_meta as _run_meta  # noqa: E402
 
 START_COMMIT = git_commit(ROOT)
 
 
 def run_meta(args, argv, wall):
-    import transformers
-
-    return {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + list(argv)),
-            "git_commit": START_COMMIT, "cpu": cpu_model(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": wall,
-            "model": "tiny_model (smoke)" if args.smoke else "smollm2-135m-instruct", "smoke": args.smoke}
+    return _run_meta(__file__, argv, wall, START_COMMIT, args.smoke)
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["repo_root", "load_result", "provenance", "fmt_ci", "cpu_model", "git_commit"]
+__all__ = ["repo_root", "load_result", "provenance", "fmt_ci", "cpu_model", "git_commit", "run_meta"]
 
 
 def cpu_model() -> str:
@@ -65,3 +65,21 @@ def fmt_ci(ev: dict, key: str = "heldout_accuracy") -> str:
     """``0.512 [0.463, 0.561]``: a value and its 95 % interval from an evaluation dict."""
     lo, hi = ev[f"{key}_ci95"]
     return f"{ev[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def run_meta(script: str | Path, argv, wall: float, git_commit: str | None, smoke: bool, **extra) -> dict:
+    """The contract fields every SmolLM2 benchmark records with a result: the exact command (``script`` relative to
+    the checkout, then ``argv``), the commit the process started from, CPU, torch threads, torch and transformers
+    versions, UTC date, wall time, the model and whether it was a smoke run; ``extra`` fields are added after
+    ``threads`` (e.g. ``device``)."""
+    from datetime import datetime, timezone
+
+    import torch
+    import transformers
+
+    root = repo_root(Path(script).resolve().parent)
+    return {"command": "python " + " ".join([str(Path(script).resolve().relative_to(root))] + list(argv)),
+            "git_commit": git_commit, "cpu": cpu_model(), "threads": torch.get_num_threads(), **extra,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": wall,
+            "model": "tiny_model (smoke)" if smoke else "smollm2-135m-instruct", "smoke": smoke}
