@@ -25,7 +25,7 @@ import traceback
 from multiprocessing.connection import wait
 from typing import Any, Callable, Sequence
 
-__all__ = ["train_many", "default_processes", "PROCESSES_ENV_VAR"]
+__all__ = ["train_many", "train_config", "default_processes", "PROCESSES_ENV_VAR"]
 
 PROCESSES_ENV_VAR = "RLCORE_PROCESSES"
 
@@ -41,6 +41,18 @@ def default_processes(n_runs: int) -> int:
     else:  # the cores this process may run on (a container or taskset may allow fewer than the machine has)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(n_runs, cores))
+
+
+def train_config(cfg, **train_kwargs):
+    """``<algorithm>.train(cfg, **train_kwargs)`` for the algorithm whose module defines ``cfg``'s class, so that one
+    :func:`train_many` call can mix algorithms: ``train_many(train_config, [trpo.TRPOConfig(), reinforce.ReinforceConfig()])``."""
+    import importlib
+
+    module = importlib.import_module(type(cfg).__module__)
+    if not callable(getattr(module, "train", None)):
+        raise TypeError(f"{type(cfg).__name__} is not the config of an rlcore algorithm (its module {module.__name__} "
+                        f"has no train function)")
+    return module.train(cfg, **train_kwargs)
 
 
 def _describe(index: int, n: int, cfg) -> str:

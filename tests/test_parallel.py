@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlcore.algos import ppo, reinforce
-from rlcore.parallel import PROCESSES_ENV_VAR, default_processes, train_many
+from rlcore.parallel import PROCESSES_ENV_VAR, default_processes, train_config, train_many
 
 
 def square(x, offset=0):
@@ -43,6 +43,14 @@ def test_parallel_equals_serial(module, make):
     obs = np.zeros((3, 4), dtype=np.float32)
     assert np.array_equal(module.act(parallel[0].agent, obs), module.act(serial[0].agent, obs))
     assert parallel[0].history["episode_return"].size > 0
+
+
+def test_train_config_mixes_algorithms():
+    configs = [reinforce.ReinforceConfig(seed=3, total_timesteps=600), ppo.PPOConfig(seed=3, total_timesteps=1024)]
+    mixed = train_many(train_config, configs, processes=2, progress=False)
+    assert_same_runs(mixed, [reinforce.train(configs[0], progress=False), ppo.train(configs[1], progress=False)])
+    with pytest.raises(TypeError, match="not the config of an rlcore algorithm"):
+        train_config(3)
 
 
 def test_order_kwargs_and_workers():
