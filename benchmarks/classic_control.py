@@ -6,16 +6,22 @@
 
 Protocol (the same for both libraries):
 
-* one run at a time in this process, ``torch.set_num_threads(1)``;
-* threshold: rolling mean of the last 100 *training* episodes >= THRESHOLDS[env]
-  (CartPole-v1 475, Acrobot-v1 -100, Pendulum-v1 -200); ``steps_to_threshold`` is the env step
-  count (summed over parallel envs) at which the episode that completes the window finished;
-* DQN additionally: greedy evaluation (10 episodes, epsilon = 0, every 2,500 env steps, separate
-  envs seeded ``seed + 100000``) with mean >= threshold -> ``eval_steps_to_threshold``;
-* ``seconds_to_threshold`` is measured directly: wall time since the start of the run (building
-  envs and networks included) until the threshold is met, *minus* the time spent in greedy
-  evaluations (identical evaluation code for both libraries);
-* a run stops once its thresholds are met (``--no-stop`` trains the whole budget), so
+* one run at a time in this process, ``torch.set_num_threads(1)``; libraries are imported and torch's
+  lazily imported optimizer machinery is warmed up before the first run, so no run pays import time;
+* the success criterion, the same for every algorithm and both libraries: a **greedy evaluation**
+  (``rlcore.algos.evaluate``: 10 episodes, argmax / Gaussian-mean actions, separate environments
+  seeded ``seed + 100000``, never used in training) at the first opportunity after every
+  ``EVAL_EVERY`` env steps (rlcore: after the update that crosses the mark; SB3: in the callback of the
+  step that crosses it) with mean >= THRESHOLDS[env] (CartPole-v1 475, Acrobot-v1 -100, Pendulum-v1
+  -200) -> ``eval_steps_to_threshold`` / ``eval_seconds_to_threshold``;
+* the second column, the training curve: rolling mean of the last 100 *training* episodes >= the
+  threshold; ``steps_to_threshold`` is the env step count (summed over parallel envs) at which the
+  episode that completes the window finished (a 100-episode window of CartPole needs >= 47.5k steps
+  to reach 475, so this column cannot judge a 50k-step target);
+* seconds are measured directly: wall time since the start of the run (building envs and networks
+  included) until the criterion is met, *minus* the time spent in greedy evaluations (identical
+  evaluation code for both libraries);
+* a run stops once both criteria are met (``--no-stop`` trains the whole budget), so
   ``final_return`` is the mean of the last 100 training episodes *when the run stopped*;
 * rlcore runs use each algorithm's own defaults (``default_config(env_id)`` where it exists);
   SB3 / sb3-contrib runs use the rl-baselines3-zoo hyperparameters in ``SB3_ZOO`` below.
@@ -46,13 +52,15 @@ sys.path.insert(0, str(ROOT))
 
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0, "LunarLander-v3": 200.0}
 WINDOW = 100
-EVAL_EVERY, EVAL_EPISODES = 2_500, 10
+DEFAULT_OUT = ROOT / "benchmarks/results/classic_control.json"
+EVAL_EVERY, EVAL_EPISODES = 2_048, 10
 
 # which (algo, env) pairs are benchmarked, and with which env-step budget
 GRID = {
     ("ppo", "CartPole-v1"): 100_000, ("dqn", "CartPole-v1"): 50_000, ("trpo", "CartPole-v1"): 100_000,
     ("reinforce", "CartPole-v1"): 300_000, ("grpo", "CartPole-v1"): 200_000,  # GRPO: 2x PPO's budget
-    ("ppo", "Acrobot-v1"): 100_000, ("dqn", "Acrobot-v1"): 100_000,
+    ("ppo", "Acrobot-v1"): 100_000, ("dqn", "Acrobot-v1"): 100_000, ("trpo", "Acrobot-v1"): 100_000,
+    ("reinforce", "Acrobot-v1"): 300_000, ("grpo", "Acrobot-v1"): 200_000,
     ("ppo", "Pendulum-v1"): 200_000, ("trpo", "Pendulum-v1"): 200_000,
 }
 # DQN's budget is the zoo's n_timesteps (5e4): its epsilon schedule is a fraction of the budget and the
@@ -85,12 +93,12 @@ SB3_ZOO = {
                                   gamma=0.99, learning_rate=1e-3, n_critic_updates=20),
     ("trpo", "Pendulum-v1"): dict(n_envs=2, n_steps=1024, gamma=0.9, n_critic_updates=15, use_sde=True,
                                   sde_sample_freq=4),
+    ("trpo", "Acrobot-v1"): dict(normalize=True, n_envs=2, n_steps=1024),
 }
 
 # rlcore overrides on top of the algorithm's defaults (only what the benchmark protocol needs)
-RLCORE_OVERRIDES = {
-    "dqn": dict(eval_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES),
-}
+RLCORE_OVERRIDES = {algo: dict(eval_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES)
+                    for algo in ("dqn", "ppo", "trpo", "reinforce", "grpo")}
 
 
 class StopRun(Exception):
@@ -167,7 +175,7 @@ def run_rlcore(algo: str, env_id: str, seed: int, budget: int, stop: bool) -> di
         # trainers round a budget *up* to whole rollouts; keep the budgets these results were measured
         # with (rounded down, as the trainers did before), so the comparison stays within the stated budget
         cfg = dataclasses.replace(cfg, total_timesteps=budget // rollout * rollout)
-    tracker = Tracker(THRESHOLDS[env_id], with_eval=(algo == "dqn"), stop=stop)
+    tracker = Tracker(THRESHOLDS[env_id], with_eval=True, stop=stop)
 
     real_log, real_eval = training.History.log, algos.evaluate
 
@@ -223,16 +231,21 @@ def run_sb3(algo: str, env_id: str, seed: int, budget: int, stop: bool) -> dict:
         from sb3_contrib import TRPO as cls
     else:
         raise ValueError(f"no SB3 counterpart of {algo!r}")
-    tracker = Tracker(THRESHOLDS[env_id], with_eval=(algo == "dqn"), stop=stop)
+    tracker = Tracker(THRESHOLDS[env_id], with_eval=True, stop=stop)
 
     class Watch(BaseCallback):
+        marks = 0  # EVAL_EVERY marks already evaluated
+
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
                 if "episode" in info:  # Monitor's statistics of the raw (unnormalised) episode
                     tracker.episode(self.num_timesteps, info["episode"]["r"])
-            if tracker.with_eval and self.num_timesteps % EVAL_EVERY == 0:
+            if tracker.with_eval and self.num_timesteps // EVAL_EVERY > self.marks:
+                self.marks = self.num_timesteps // EVAL_EVERY
                 t = time.perf_counter()
-                returns = evaluate(lambda o: self.model.predict(o, deterministic=True)[0], env_id,
+                # a VecNormalize'd policy acts on normalised observations (rlcore's agents carry their normaliser)
+                norm = env.normalize_obs if normalize else (lambda o: o)
+                returns = evaluate(lambda o: self.model.predict(norm(o), deterministic=True)[0], env_id,
                                    EVAL_EPISODES, seed=seed + 100_000)
                 tracker.eval_seconds += time.perf_counter() - t
                 tracker.evaluation(self.num_timesteps, float(returns.mean()))
@@ -300,58 +313,54 @@ def targets(data) -> list[dict]:
     def both(*xs):
         return None if any(x is None for x in xs) else all(xs)
 
-    s = _med(data, "rlcore", "ppo", "CartPole-v1", "steps_to_threshold")
-    (t, ts), (tb, tbs) = (seconds(lib, "ppo", "CartPole-v1", "seconds_to_threshold") for lib in ("rlcore", "sb3"))
-    add("PPO CartPole: median <= 50k steps and <= 0.5x SB3 PPO wall time",
-        both(None if s is None else s <= 50_000, cmp(t, tb, 0.5)),
-        f"steps {_fmt(s, 'steps')}; seconds {ts} vs SB3 {tbs}")
+    def side_by_side(name, algo, env, max_steps, factor, peer):
+        """Greedy criterion: median steps <= max_steps and median seconds <= factor x the peer's."""
+        s = _med(data, "rlcore", algo, env, "eval_steps_to_threshold")
+        (t, ts), (tb, tbs) = (seconds(lib, algo, env, "eval_seconds_to_threshold") for lib in ("rlcore", "sb3"))
+        ratio = "" if t is None or tb is None or math.isinf(t) or not tb else f" (ratio {t / tb:.2f})"
+        add(name, both(None if s is None else s <= max_steps, cmp(t, tb, factor)),
+            f"steps {_fmt(s, 'steps')}; seconds {ts} vs {peer} {tbs}{ratio}")
 
-    s = _med(data, "rlcore", "dqn", "CartPole-v1", "eval_steps_to_threshold")
-    (t, ts), (tb, tbs) = (seconds(lib, "dqn", "CartPole-v1", "eval_seconds_to_threshold") for lib in ("rlcore", "sb3"))
-    add("DQN CartPole: greedy eval >= 475 within 50k steps, not slower than SB3 DQN",
-        both(None if s is None else s <= 50_000, cmp(t, tb, 1.0)),
-        f"steps {_fmt(s, 'steps')}; seconds {ts} vs SB3 {tbs}")
+    side_by_side("PPO CartPole: greedy >= 475 within 50k steps, <= 0.5x SB3 PPO wall time", "ppo", "CartPole-v1",
+                 50_000, 0.5, "SB3")
+    side_by_side("DQN CartPole: greedy >= 475 within 50k steps, not slower than SB3 DQN", "dqn", "CartPole-v1",
+                 50_000, 1.0, "SB3")
+    side_by_side("TRPO CartPole: greedy >= 475 within 100k steps, <= 0.5x sb3-contrib TRPO wall time", "trpo",
+                 "CartPole-v1", 100_000, 0.5, "sb3-contrib")
+    side_by_side("PPO Pendulum: greedy >= -200 within 200k steps, not slower than SB3 PPO", "ppo", "Pendulum-v1",
+                 200_000, 1.0, "SB3")
 
-    s = _med(data, "rlcore", "trpo", "CartPole-v1", "steps_to_threshold")
-    (t, ts), (tb, tbs) = (seconds(lib, "trpo", "CartPole-v1", "seconds_to_threshold") for lib in ("rlcore", "sb3"))
-    add("TRPO CartPole: median <= 100k steps and <= 0.5x sb3-contrib TRPO wall time",
-        both(None if s is None else s <= 100_000, cmp(t, tb, 0.5)),
-        f"steps {_fmt(s, 'steps')}; seconds {ts} vs sb3-contrib {tbs}")
-
-    s = _med(data, "rlcore", "ppo", "Pendulum-v1", "steps_to_threshold")
-    (t, ts), (tb, tbs) = (seconds(lib, "ppo", "Pendulum-v1", "seconds_to_threshold") for lib in ("rlcore", "sb3"))
-    add("PPO Pendulum: >= -200 within 200k steps, not slower than SB3 PPO",
-        both(None if s is None else s <= 200_000, cmp(t, tb, 1.0)),
-        f"steps {_fmt(s, 'steps')}; seconds {ts} vs SB3 {tbs}")
-
-    s = _med(data, "rlcore", "reinforce", "CartPole-v1", "steps_to_threshold")
-    add("REINFORCE + baseline CartPole: >= 475 within 300k steps",
+    s = _med(data, "rlcore", "reinforce", "CartPole-v1", "eval_steps_to_threshold")
+    add("REINFORCE + baseline CartPole: greedy >= 475 within 300k steps",
         None if s is None else s <= 300_000, f"steps {_fmt(s, 'steps')}")
 
-    g = _med(data, "rlcore", "grpo", "CartPole-v1", "steps_to_threshold")
-    p = _med(data, "rlcore", "ppo", "CartPole-v1", "steps_to_threshold")
-    add("GRPO CartPole: >= 475 within 2x PPO's steps",
+    g = _med(data, "rlcore", "grpo", "CartPole-v1", "eval_steps_to_threshold")
+    p = _med(data, "rlcore", "ppo", "CartPole-v1", "eval_steps_to_threshold")
+    add("GRPO CartPole: greedy >= 475 within 2x PPO's steps",
         cmp(g, p, 2.0), f"steps {_fmt(g, 'steps')} vs 2 x PPO {_fmt(None if p is None else 2 * p, 'steps')}")
     return out
 
 
 def summary_table(data) -> str:
-    rows = ["| algo | env | library | seeds met | median steps | median seconds | median final return |",
-            "|---|---|---|---|---|---|---|"]
+    """One row per (algo, env, library): the greedy criterion first, the training-curve criterion second."""
+    rows = ["| algo | env | library | greedy: seeds met | steps | seconds | training curve: seeds met | steps | "
+            "seconds | final return |", "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["algo"], r["env"]) for r in data["runs"]})
     for algo, env in keys:
         for lib in ("rlcore", "sb3"):
             rs = _runs(data, lib, algo, env)
             if not rs:
                 continue
-            for suffix, label in (("", ""), ("eval_", " (greedy eval)")):
-                if suffix and "eval_steps_to_threshold" not in rs[0]:
+            cells = []
+            for suffix in ("eval_", ""):
+                if not any(f"{suffix}steps_to_threshold" in r for r in rs):
+                    cells += ["n/a"] * 3
                     continue
-                met = sum(r[f"{suffix}steps_to_threshold"] is not None for r in rs)
-                fr = np.median([r["final_return"] for r in rs if r.get("final_return") is not None] or [math.nan])
-                rows.append(f"| {algo}{label} | {env} | {lib} | {met}/{len(rs)} | "
-                            f"{_fmt(_med(data, lib, algo, env, f'{suffix}steps_to_threshold'), 'steps')} | "
-                            f"{_fmt(_med(data, lib, algo, env, f'{suffix}seconds_to_threshold'), 's')} | {fr:.1f} |")
+                met = sum(r.get(f"{suffix}steps_to_threshold") is not None for r in rs)
+                cells += [f"{met}/{len(rs)}", _fmt(_med(data, lib, algo, env, f"{suffix}steps_to_threshold"), "steps"),
+                          _fmt(_med(data, lib, algo, env, f"{suffix}seconds_to_threshold"), "s")]
+            fr = np.median([r["final_return"] for r in rs if r.get("final_return") is not None] or [math.nan])
+            rows.append(f"| {algo} | {env} | {lib} | " + " | ".join(cells) + f" | {fr:.1f} |")
     return "\n".join(rows)
 
 
@@ -369,9 +378,9 @@ def plot(data, path: Path) -> None:
 
     groups = []  # (label, key-suffix, algo, env)
     for algo, env in sorted({(r["algo"], r["env"]) for r in data["runs"]}):
-        groups.append((f"{algo}\n{env}", "", algo, env))
         if any("eval_steps_to_threshold" in r for r in _runs(data, "rlcore", algo, env) + _runs(data, "sb3", algo, env)):
             groups.append((f"{algo} greedy\n{env}", "eval_", algo, env))
+        groups.append((f"{algo} train-100\n{env}", "", algo, env))
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.0 * len(groups) + 2), 8))
     colors = {"rlcore": "tab:blue", "sb3": "tab:orange"}
     rng = np.random.default_rng(0)
@@ -403,7 +412,8 @@ def plot(data, path: Path) -> None:
     handles.append(plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="gray",
                               label="seed missed (drawn at budget / run length)"))
     axes[0].legend(handles=handles, fontsize=8)
-    fig.suptitle("rlcore vs SB3 (rl-zoo hyperparameters): cost to reach the return threshold", fontsize=10)
+    fig.suptitle("rlcore vs SB3 (rl-zoo hyperparameters): cost to reach the return threshold\n"
+                 "greedy = 10-episode greedy evaluation; train-100 = mean of the last 100 training episodes", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -459,13 +469,27 @@ def machine_info() -> dict:
     return info
 
 
+def warm_up(libraries) -> None:
+    """Import the libraries and let torch import its lazily loaded optimizer machinery (``torch._dynamo``,
+    seconds on first use of any optimizer), so the first timed run of either library does not pay for it."""
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    import gymnasium  # noqa: F401
+
+    import rlcore.algos  # noqa: F401
+    if "sb3" in libraries:
+        import sb3_contrib  # noqa: F401
+        import stable_baselines3  # noqa: F401
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--algos", nargs="+", default=["dqn", "ppo", "trpo", "reinforce", "grpo"])
     p.add_argument("--envs", nargs="+", default=["CartPole-v1", "Acrobot-v1", "Pendulum-v1"])
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..N")
     p.add_argument("--libraries", nargs="+", default=["rlcore", "sb3"], choices=["rlcore", "sb3"])
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/classic_control.json"))
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON path; the README table is updated only for the default")
     p.add_argument("--no-stop", action="store_true", help="train the whole budget even after the threshold is met")
     p.add_argument("--append", action="store_true", help="add to the runs already in --out (replacing same keys)")
     p.add_argument("--notes", default="", help="free text stored in the JSON's 'notes' field (replaces old notes)")
@@ -484,6 +508,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(1)
         os.environ.pop("RLCORE_QUICK", None)
+        warm_up(args.libraries)
         data = {"runs": [], "command": "python " + shlex.join([os.path.relpath(__file__, ROOT)] + (argv or sys.argv[1:])),
                 "machine": machine_info(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "thresholds": THRESHOLDS, "window": WINDOW, "budgets": {f"{a}/{e}": b for (a, e), b in GRID.items()},
@@ -492,7 +517,9 @@ def main(argv=None) -> int:
                     "included) until the threshold is first met, minus time spent in greedy evaluations; "
                     + ("runs continue to the full budget" if args.no_stop else
                        "runs stop once their thresholds are met, so final_return is the rolling mean at that point")),
-                "eval_protocol": f"DQN only: {EVAL_EPISODES} greedy episodes every {EVAL_EVERY} env steps",
+                "eval_protocol": (f"every algorithm, both libraries: {EVAL_EPISODES} greedy episodes (rlcore.algos."
+                                  f"evaluate, seeds seed+100000..) at the first opportunity after every {EVAL_EVERY} "
+                                  f"env steps; success = mean >= threshold"),
                 "sb3_hyperparameters": {f"{a}/{e}": {k: (f"lin({v(1.0)})" if callable(v) else v) for k, v in hp.items()}
                                         for (a, e), hp in SB3_ZOO.items()},
                 "notes": args.notes}
@@ -532,8 +559,11 @@ def main(argv=None) -> int:
     print()
     print(targets_table(data))
     plot(data, png)
-    update_readme(data, readme)
-    print(f"wrote {out}, {png}, {readme}")
+    if out.resolve() == DEFAULT_OUT.resolve():  # a scratch --out never rewrites the README's committed table
+        update_readme(data, readme)
+        print(f"wrote {out}, {png}, {readme}")
+    else:
+        print(f"wrote {out}, {png} (README left alone: --out is not {DEFAULT_OUT.relative_to(ROOT)})")
     return 0
 
 

@@ -43,7 +43,9 @@ class CategoricalPolicy(nn.Module):
         self.net = mlp(obs_dim, n_actions, hidden, activation, out_std=0.01)
 
     def distribution(self, obs: torch.Tensor) -> Categorical:
-        return Categorical(logits=self.net(obs))
+        # validate_args=False: the argument checks cost about as much as the network itself on these tiny
+        # MLPs; NaN logits still fail loudly when sampled (torch.multinomial rejects them)
+        return Categorical(logits=self.net(obs), validate_args=False)
 
     def forward(self, obs: torch.Tensor) -> Categorical:
         return self.distribution(obs)
@@ -61,7 +63,7 @@ class GaussianPolicy(nn.Module):
 
     def distribution(self, obs: torch.Tensor) -> Normal:
         mu = self.mu(obs)
-        return Normal(mu, self.log_std.expand_as(mu).exp())
+        return Normal(mu, self.log_std.expand_as(mu).exp(), validate_args=False)  # see CategoricalPolicy
 
     def forward(self, obs: torch.Tensor) -> Normal:
         return self.distribution(obs)

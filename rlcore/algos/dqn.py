@@ -49,8 +49,8 @@ from rlcore.training import History, rng_state, save_checkpoint, set_rng_state
 from rlcore.training import progress as progress_bar
 from rlcore.utils import check_positive, check_probability, seed_everything
 
-from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed, evaluate, notice,
-               open_log, resolve_device, whole_batches)
+from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed, evaluate, fused_adam,
+               notice, open_log, resolve_device, whole_batches)
 
 __all__ = ["DQNConfig", "RESUME_SAFE_FIELDS", "ReplayBuffer", "linear_schedule", "double_q_target", "train", "act",
            "load_agent"]
@@ -284,7 +284,7 @@ def train(cfg: DQNConfig, *, resume: bool = False, overwrite: bool = False, prog
         envs.close()
         raise
     q_network = QNetwork(obs_dim(envs.single_observation_space), int(envs.single_action_space.n), cfg.hidden).to(device)
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=cfg.learning_rate)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=cfg.learning_rate, **fused_adam(device))
     target_network = QNetwork(obs_dim(envs.single_observation_space), int(envs.single_action_space.n), cfg.hidden).to(device)
     target_network.load_state_dict(q_network.state_dict())
     rb = ReplayBuffer(cfg.buffer_size, envs.single_observation_space.shape)

@@ -39,12 +39,16 @@ from rlcore.training import History, rng_state, save_checkpoint, set_rng_state
 from rlcore.training import progress as progress_bar
 from rlcore.utils import check_positive, seed_everything
 
-from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed, check_torch_threads,
-               notice, open_log, resolve_device)
+from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed,
+               check_torch_threads, evaluate, fused_adam, notice, open_log, resolve_device)
 
 __all__ = ["GRPOControlConfig", "RESUME_SAFE_FIELDS", "default_config", "train", "act", "load_agent", "collect_groups"]
 
-RESUME_SAFE_FIELDS = dict(RESUME_SAFE)
+RESUME_SAFE_FIELDS = {
+    **RESUME_SAFE,
+    "eval_every": "only the deterministic evaluations (separate environments) change; training is unaffected",
+    "eval_episodes": "only the deterministic evaluations (separate environments) change; training is unaffected",
+}
 """Config fields a resumed GRPO run may change (:data:`rlcore.algos.RESUME_SAFE`); any other change is refused."""
 
 
@@ -81,6 +85,11 @@ class GRPOControlConfig:
     """Advantage scaling: 'group' (GRPO), 'batch' or 'none' (Dr. GRPO, centring only)."""
     hidden: tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the policy (at least one layer)."""
+    eval_every: int = 0
+    """Environment steps between deterministic evaluations (argmax / Gaussian mean) on separate environments
+    seeded ``seed + 100000``, after the update that crosses each mark; 0 disables them. Logged as ``eval_return``."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
     device: str = "cpu"
     """Torch device ("cpu", "cuda", "cuda:N"); an unavailable device is an error before training."""
     torch_threads: int | None = 1
@@ -105,8 +114,10 @@ def _validate(cfg: GRPOControlConfig) -> None:
     if not isinstance(cfg.group_size, int) or cfg.group_size < 2:
         raise ValueError(f"group_size must be an integer >= 2 (GRPO normalises returns within a group; a group "
                          f"of one has no spread), got {cfg.group_size!r}")
-    for name in ("total_timesteps", "num_groups", "update_epochs", "num_minibatches", "checkpoint_every"):
+    for name in ("total_timesteps", "num_groups", "update_epochs", "num_minibatches", "checkpoint_every",
+                 "eval_episodes"):
         check_positive_int(name, getattr(cfg, name))
+    check_positive_int("eval_every", cfg.eval_every, allow_zero=True)
     check_seed(cfg.seed)
     check_torch_threads(cfg.torch_threads)
     cfg.hidden = check_hidden(cfg.hidden)
@@ -192,7 +203,7 @@ def train(cfg: GRPOControlConfig, *, resume: bool = False, overwrite: bool = Fal
         env.action_space.seed(cfg.seed + i)
     policy = make_policy(envs[0].observation_space, envs[0].action_space, cfg.hidden).to(device)
     reference = copy.deepcopy(policy).requires_grad_(False) if cfg.beta > 0 else None
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, **fused_adam(device))
     seed_rng = np.random.default_rng(cfg.seed)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -276,6 +287,11 @@ def train(cfg: GRPOControlConfig, *, resume: bool = False, overwrite: bool = Fal
                            kl_ref=float(np.mean(kl_refs)) if kl_refs else None, wall_seconds=time.perf_counter() - t0)
             history.log(global_step, **metrics)
             logger.log(global_step, **{k: v for k, v in metrics.items() if v is not None})
+            # greedy evaluation (separate environments) after the update that crosses each eval_every mark
+            if cfg.eval_every and global_step // cfg.eval_every > (global_step - n_steps) // cfg.eval_every:
+                ev = evaluate(lambda o: act(policy, o), cfg.env_id, cfg.eval_episodes, seed=cfg.seed + 100_000)
+                history.log(global_step, eval_return=float(ev.mean()), eval_return_std=float(ev.std()))
+                logger.log(global_step, eval_return=float(ev.mean()), eval_return_std=float(ev.std()))
             bar.update(n_steps)
             bar.set_postfix(ret=f"{ep_returns.mean():.1f}")
             # checkpoint after the update that crosses each checkpoint_every mark; Ctrl-C: save and stop

@@ -43,8 +43,8 @@ from rlcore.training import History, rng_state, save_checkpoint, set_rng_state
 from rlcore.training import progress as progress_bar
 from rlcore.utils import check_positive, check_probability, seed_everything
 
-from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed, evaluate, notice,
-               open_log, resolve_device)
+from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed, evaluate,
+               fused_adam, notice, open_log, resolve_device)
 
 __all__ = ["ReinforceConfig", "RESUME_SAFE_FIELDS", "collect_episodes", "train", "act", "load_agent"]
 
@@ -219,11 +219,11 @@ def train(cfg: ReinforceConfig, *, resume: bool = False, overwrite: bool = False
         raise
     obs_space, act_space = envs[0].observation_space, envs[0].action_space
     policy = _make_policy(obs_space, act_space, cfg.hidden, cfg.log_std_init, device)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, **fused_adam(device))
     value_net = vf_optimizer = None
     if cfg.baseline == "value":
         value_net = ValueNetwork(obs_dim(obs_space), cfg.hidden).to(device)
-        vf_optimizer = torch.optim.Adam(value_net.parameters(), lr=cfg.vf_learning_rate)
+        vf_optimizer = torch.optim.Adam(value_net.parameters(), lr=cfg.vf_learning_rate, **fused_adam(device))
     history = History()
     obs = np.stack([e.reset(seed=cfg.seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
     for i, e in enumerate(envs):

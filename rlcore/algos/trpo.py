@@ -34,13 +34,17 @@ from rlcore.training import History, rng_state, save_checkpoint, set_rng_state
 from rlcore.training import progress as progress_bar
 from rlcore.utils import check_positive, check_probability, seed_everything
 
-from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed, check_torch_threads,
-               notice, open_log, resolve_device, whole_batches)
+from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive_int, check_seed,
+               check_torch_threads, evaluate, fused_adam, notice, open_log, resolve_device, whole_batches)
 
 __all__ = ["TRPOConfig", "PRESETS", "RESUME_SAFE_FIELDS", "default_config", "train", "act", "load_agent", "flat_params",
            "set_flat_params", "flat_grad", "mean_kl", "fisher_vector_product", "conjugate_gradient", "line_search"]
 
-RESUME_SAFE_FIELDS = dict(RESUME_SAFE)
+RESUME_SAFE_FIELDS = {
+    **RESUME_SAFE,
+    "eval_every": "only the deterministic evaluations (separate environments) change; training is unaffected",
+    "eval_episodes": "only the deterministic evaluations (separate environments) change; training is unaffected",
+}
 """Config fields a resumed TRPO run may change (:data:`rlcore.algos.RESUME_SAFE`); any other change is refused."""
 
 
@@ -97,6 +101,11 @@ class TRPOConfig:
     """Hidden layer sizes of actor and critic (at least one layer)."""
     log_std_init: float = 0.0
     """Initial log std of the Gaussian policy (continuous actions)."""
+    eval_every: int = 0
+    """Environment steps between deterministic evaluations (argmax / Gaussian mean) on separate environments
+    seeded ``seed + 100000``, after the update that crosses each mark; 0 disables them. Logged as ``eval_return``."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
     device: str = "cpu"
     """Torch device ("cpu", "cuda", "cuda:N"); an unavailable device is an error before training."""
     torch_threads: int | None = 1
@@ -269,8 +278,9 @@ def _validate(cfg: TRPOConfig) -> None:
     if not isinstance(cfg, TRPOConfig):
         raise TypeError(f"trpo.train needs a TRPOConfig, got {type(cfg).__name__}; build one with trpo.TRPOConfig(...)")
     for name in ("total_timesteps", "num_envs", "num_steps", "cg_iters", "max_backtracks", "vf_epochs",
-                 "vf_minibatches", "checkpoint_every"):
+                 "vf_minibatches", "checkpoint_every", "eval_episodes"):
         check_positive_int(name, getattr(cfg, name))
+    check_positive_int("eval_every", cfg.eval_every, allow_zero=True)
     check_seed(cfg.seed)
     check_torch_threads(cfg.torch_threads)
     cfg.hidden = check_hidden(cfg.hidden)
@@ -309,7 +319,7 @@ def train(cfg: TRPOConfig, *, resume: bool = False, overwrite: bool = False, pro
         envs.close()
         raise
     agent = ActorCritic(envs.single_observation_space, envs.single_action_space, cfg.hidden, cfg.log_std_init).to(device)
-    vf_optimizer = torch.optim.Adam(agent.critic.parameters(), lr=cfg.vf_learning_rate, eps=1e-5)
+    vf_optimizer = torch.optim.Adam(agent.critic.parameters(), lr=cfg.vf_learning_rate, eps=1e-5, **fused_adam(device))
     collector = RolloutCollector(envs, agent, cfg.num_steps, cfg.gamma, cfg.gae_lambda,
                                  cfg.normalize_obs, cfg.normalize_reward, device)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
@@ -379,6 +389,11 @@ def train(cfg: TRPOConfig, *, resume: bool = False, overwrite: bool = False, pro
                            wall_seconds=time.perf_counter() - t0)
             history.log(global_step, **metrics)
             logger.log(global_step, **metrics)
+            # greedy evaluation (separate environments) after the update that crosses each eval_every mark
+            if cfg.eval_every and global_step // cfg.eval_every > (global_step - batch_size) // cfg.eval_every:
+                ev = evaluate(lambda o: act(agent, o), cfg.env_id, cfg.eval_episodes, seed=cfg.seed + 100_000)
+                history.log(global_step, eval_return=float(ev.mean()), eval_return_std=float(ev.std()))
+                logger.log(global_step, eval_return=float(ev.mean()), eval_return_std=float(ev.std()))
             bar.update(batch_size)
             if "episode_return" in history:
                 bar.set_postfix(ret=f"{np.mean(history['episode_return'][-100:]):.1f}")
