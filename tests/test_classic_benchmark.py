@@ -111,3 +111,29 @@ def test_rlcore_run_reports_both_criteria(cc, monkeypatch):
     assert steps and all(s % 1024 == 0 for s in steps) and steps[0] >= cc.EVAL_EVERY
     assert res["eval_steps_to_threshold"] == steps[0]
     assert res["eval_seconds_excluded"] > 0 and res["eval_seconds_to_threshold"] <= res["seconds_run"]
+
+
+def test_levers_benchmark_smoke(tmp_path):
+    """benchmarks/classic_levers.py --smoke: every variant timed, the levers really switched, contract fields."""
+    spec = importlib.util.spec_from_file_location("classic_levers_bench", ROOT / "benchmarks/classic_levers.py")
+    levers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(levers)
+    import torch
+
+    import rlcore.networks as networks
+    from rlcore.algos import ppo
+
+    try:
+        levers.configure(False, False)
+        assert networks.Categorical(logits=torch.zeros(2))._validate_args and ppo.fused_adam("cpu") == {}
+        levers.configure(True, True)
+        assert not networks.Categorical(logits=torch.zeros(2))._validate_args and ppo.fused_adam("cpu")["fused"]
+        out = tmp_path / "levers.json"
+        assert levers.main(["--smoke", "--out", str(out)]) == 0
+    finally:
+        levers.configure(True, True)
+    data = json.loads(out.read_text())
+    assert data["smoke"] and data["command"].startswith("python benchmarks/classic_levers.py")
+    assert set(data["ppo"]["median_seconds"]) == {"before", "fused_adam", "unvalidated", "after"}
+    assert all(v > 0 for v in data["env_step_us"].values())
+    assert {"cpu", "cores", "loadavg_at_start"} <= set(data["machine"])
