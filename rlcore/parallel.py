@@ -148,7 +148,9 @@ def _worker(payload: bytes, conn) -> None:
 
 # What a worker needs before its first run, imported once by the fork server (Adam's first use imports
 # torch._dynamo: seconds). "__main__" keeps the default: a script's own functions can be sent.
-_PRELOAD = ["__main__", "torch", "torch._dynamo", "gymnasium", "rlcore.algos", "rlcore.envs", "rlcore.networks"]
+_PRELOAD = ["__main__", "torch", "torch._dynamo", "gymnasium", "rlcore.algos", "rlcore.envs", "rlcore.networks",
+            "rlcore.algos.ppo", "rlcore.algos.dqn", "rlcore.algos.trpo", "rlcore.algos.reinforce",
+            "rlcore.algos.grpo_control"]
 
 
 def _context():
