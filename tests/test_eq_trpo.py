@@ -6,7 +6,7 @@ import torch
 from torch.func import functional_call
 
 from rlcore import tabular as tb
-from rlcore.algos.trpo import (conjugate_gradient, fisher_vector_product, flat_grad, flat_params, line_search,
+from rlcore.algos.trpo import (conjugate_gradient, fisher_operator, fisher_vector_product, flat_grad, flat_params, line_search,
                                mean_kl, set_flat_params, trpo_step, _detached)
 from rlcore.losses import surrogate_loss
 from rlcore.networks import CategoricalPolicy, GaussianPolicy, log_prob
@@ -109,6 +109,19 @@ def test_fisher_vector_product_equals_explicit_hessian_of_kl(kind):
         v = torch.randn(theta0.numel(), generator=g, dtype=torch.float64)
         fvp = fisher_vector_product(policy, obs, v, damping)
         assert torch.allclose(fvp, H @ v + damping * v, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+def test_fisher_operator_gives_the_same_products(kind):
+    """trpo_step's operator (grad KL built once, reused for every product) equals fisher_vector_product exactly,
+    product after product, as conjugate gradient calls it."""
+    policy, obs = _tiny(kind)
+    g = torch.Generator().manual_seed(2)
+    for damping in (0.0, 0.1):
+        fvp = fisher_operator(policy, obs, damping)
+        for _ in range(3):
+            v = torch.randn(flat_params(policy).numel(), generator=g, dtype=torch.float64)
+            torch.testing.assert_close(fvp(v), fisher_vector_product(policy, obs, v, damping), rtol=0, atol=0)
 
 
 def test_conjugate_gradient_solves_spd_system():

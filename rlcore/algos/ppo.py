@@ -307,10 +307,10 @@ def train(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, prog
                 perm = torch.randperm(batch_size, generator=shuffle_gen).to(device)
                 for start in range(0, batch_size, minibatch_size):
                     mb = perm[start:start + minibatch_size]
-                    dist = agent.distribution(b["obs"][mb])
+                    mb_obs = b["obs"][mb]
+                    dist = agent.distribution(mb_obs)
                     newlogp = log_prob(dist, b["actions"][mb])
-                    ent = entropy(dist).mean()
-                    newvalue = agent.value(b["obs"][mb])
+                    newvalue = agent.value(mb_obs)
                     if epoch == 0 and start == 0:  # pi_theta == pi_old here: the ratio must be 1
                         first_ratio_dev = float((importance_ratio(newlogp.detach(), b["logprobs"][mb]) - 1).abs().max())
 
@@ -320,7 +320,13 @@ def train(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, prog
                     pg_loss = clipped_surrogate_loss(newlogp, b["logprobs"][mb], mb_adv, cfg.clip_coef)
                     v_loss = value_loss(newvalue, b["returns"][mb], b["values"][mb],
                                         cfg.clip_coef if cfg.clip_vloss else None)
-                    loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+                    if cfg.ent_coef:
+                        ent = entropy(dist).mean()
+                        loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+                    else:  # no bonus: the entropy is only a metric, kept out of the backward pass (same gradients)
+                        with torch.no_grad():
+                            ent = entropy(dist).mean()
+                        loss = pg_loss + cfg.vf_coef * v_loss
 
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()

@@ -38,7 +38,8 @@ from . import (RESUME_SAFE, TrainResult, begin_run, check_hidden, check_positive
                check_torch_threads, evaluate, fused_adam, notice, open_log, resolve_device, whole_batches)
 
 __all__ = ["TRPOConfig", "PRESETS", "RESUME_SAFE_FIELDS", "default_config", "train", "act", "load_agent", "flat_params",
-           "set_flat_params", "flat_grad", "mean_kl", "fisher_vector_product", "conjugate_gradient", "line_search"]
+           "set_flat_params", "flat_grad", "mean_kl", "fisher_vector_product", "fisher_operator", "conjugate_gradient",
+           "line_search"]
 
 RESUME_SAFE_FIELDS = {
     **RESUME_SAFE,
@@ -190,6 +191,23 @@ def fisher_vector_product(policy: nn.Module, obs: torch.Tensor, v: torch.Tensor,
     return fvp + damping * v
 
 
+def fisher_operator(policy: nn.Module, obs: torch.Tensor,
+                    damping: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> (F + damping I) v``: the products of :func:`fisher_vector_product`, with ``grad KL`` built once.
+
+    Conjugate gradient asks for about ten products at the same ``theta_old``; the first backward pass
+    (``grad_theta KL`` with its graph) is the same for all of them, so only the second one is repeated.
+    Same values as :func:`fisher_vector_product` (tested), at about half the cost per product.
+    """
+    kl = mean_kl(policy, obs)
+    grad_kl = flat_grad(kl, policy, create_graph=True)
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        return flat_grad((grad_kl * v.detach()).sum(), policy, retain_graph=True) + damping * v
+
+    return fvp
+
+
 def conjugate_gradient(Avp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10,
                        tol: float = 1e-10) -> torch.Tensor:
     """Solve ``A x = b`` for symmetric positive-definite ``A`` given only ``v -> A v`` (eq-cg).
@@ -259,8 +277,9 @@ def trpo_step(policy: nn.Module, obs: torch.Tensor, actions: torch.Tensor, old_l
 
     loss = loss_fn()
     g = -flat_grad(loss, policy)  # gradient of the surrogate *objective*
-    stepdir = conjugate_gradient(lambda v: fisher_vector_product(policy, obs, v, damping), g, cg_iters, cg_tol)
-    shs = float(stepdir @ fisher_vector_product(policy, obs, stepdir, damping))
+    fvp = fisher_operator(policy, obs, damping)  # v -> (F + damping I) v at theta_old
+    stepdir = conjugate_gradient(fvp, g, cg_iters, cg_tol)
+    shs = float(stepdir @ fvp(stepdir))
     if not np.isfinite(shs) or shs <= 0:
         return {"accepted": False, "fraction": 0.0, "improvement": 0.0, "kl": 0.0, "step_size": 0.0,
                 "grad_norm": float(g.norm()), "surrogate_loss": float(loss.detach())}
