@@ -137,3 +137,14 @@ def test_levers_benchmark_smoke(tmp_path):
     assert set(data["ppo"]["median_seconds"]) == {"before", "fused_adam", "unvalidated", "after"}
     assert all(v > 0 for v in data["env_step_us"].values())
     assert {"cpu", "cores", "loadavg_at_start"} <= set(data["machine"])
+
+
+def test_target_falls_back_to_the_training_curve_only_when_both_libraries_miss_greedy(cc):
+    runs = [_run("rlcore", "ppo", "Pendulum-v1", s, None, None, 150_000, 30.0) for s in (1, 2, 3)]
+    runs += [_run("sb3", "ppo", "Pendulum-v1", s, None, None, 100_000, 40.0) for s in (1, 2, 3)]
+    t = _target({"runs": runs}, cc, "PPO Pendulum")
+    assert t["status"] == "met" and "training curve" in t["detail"] and "ratio 0.75" in t["detail"]
+    runs[3]["eval_steps_to_threshold"], runs[3]["eval_seconds_to_threshold"] = 90_000, 20.0
+    runs[4]["eval_steps_to_threshold"], runs[4]["eval_seconds_to_threshold"] = 90_000, 20.0
+    t = _target({"runs": runs}, cc, "PPO Pendulum")  # SB3 meets greedy: rlcore is judged by it, and misses
+    assert t["status"] == "missed" and "training curve" not in t["detail"]
