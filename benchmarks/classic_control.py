@@ -475,6 +475,17 @@ def machine_info() -> dict:
     return info
 
 
+def git_commit() -> str | None:
+    """The commit this run started from (``git rev-parse HEAD``; None outside a git checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def warm_up(libraries) -> None:
     """Import the libraries and let torch import its lazily loaded optimizer machinery (``torch._dynamo``,
     seconds on first use of any optimizer), so the first timed run of either library does not pay for it."""
@@ -517,7 +528,7 @@ def main(argv=None) -> int:
         warm_up(args.libraries)
         data = {"runs": [], "command": "python " + shlex.join([os.path.relpath(__file__, ROOT)] + (argv or sys.argv[1:])),
                 "machine": machine_info(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "thresholds": THRESHOLDS, "window": WINDOW, "budgets": {f"{a}/{e}": b for (a, e), b in GRID.items()},
+                "git_commit": git_commit(), "thresholds": THRESHOLDS, "window": WINDOW, "budgets": {f"{a}/{e}": b for (a, e), b in GRID.items()},
                 "seconds_to_threshold_method": (
                     "measured directly: wall time from the start of the run (env and network construction "
                     "included) until the threshold is first met, minus time spent in greedy evaluations; "
@@ -532,7 +543,8 @@ def main(argv=None) -> int:
         if args.append and out.exists():
             old = json.loads(out.read_text())
             data["runs"] = old["runs"]
-            data["previous"] = [{k: old.get(k) for k in ("command", "machine", "date")}] + old.get("previous", [])
+            data["previous"] = ([{k: old.get(k) for k in ("command", "git_commit", "machine", "date")}]
+                                + old.get("previous", []))
             data["notes"] = args.notes or old.get("notes", "")
         for algo in args.algos:
             for env_id in args.envs:
