@@ -11,6 +11,7 @@ Submodules are imported lazily so ``import rlcore`` stays fast:
 * ``rlcore.networks``  MLPs, policy heads, value and Q networks
 * ``rlcore.training``  history, logs, plots, atomic checkpoints
 * ``rlcore.algos``     DQN, REINFORCE, TRPO, PPO, GRPO on control tasks
+* ``rlcore.parallel``  independent training runs (seeds, settings) in a pool, one process per core
 * ``rlcore.llm``       GRPO / PPO / SFT / distillation for language models
 """
 from .utils import pick, quick_mode, seed_everything

@@ -197,11 +197,15 @@ def _run_pool(payload: bytes, configs: list, processes: int) -> list:
                     continue
                 try:
                     kind, i, value, output = pickle.loads(conn.recv_bytes())
-                except EOFError:  # killed from outside (out of memory, ...): no message
+                except (EOFError, ConnectionResetError):  # the worker died without a message
                     w.join(1)
                     i = running[k]
-                    raise RuntimeError(f"train_many: a worker process died (exit code {w.exitcode}) during "
-                                       f"{_describe(i, n, configs[i])}; pass processes=1 to train here and see why")
+                    raise RuntimeError(
+                        f"train_many: a worker process died (exit code {w.exitcode}) during "
+                        f"{_describe(i, n, configs[i])}. In a script, call train_many under "
+                        f"'if __name__ == \"__main__\":' (each worker imports the script's main module, and an "
+                        f"unguarded call would start workers from the worker); otherwise it was killed from outside "
+                        f"(e.g. out of memory): pass processes=1 to train here and see why") from None
                 if kind == "error":
                     value.add_note(f"in train_many: {_describe(i, n, configs[i])}, in a worker process; "
                                    f"its traceback and output:\n{output}")

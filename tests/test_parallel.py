@@ -116,3 +116,19 @@ def test_notebook_function_is_refused_with_the_fix(monkeypatch):
     with pytest.raises(ValueError, match=r"notebook.*\.py module.*processes=1"):
         train_many(train_here, [1, 2], processes=2)
     assert train_many(train_here, [1, 2], processes=1) == [1, 2]
+
+
+def test_an_unguarded_script_gets_an_error_naming_the_main_guard(tmp_path):
+    """A script that calls train_many at import time (no ``if __name__ == "__main__":``) makes each worker start
+    workers while importing it; the parent must say so instead of a bare ConnectionResetError."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("from rlcore.algos import ppo\nfrom rlcore.parallel import train_many\n"
+                      "train_many(ppo.train, [ppo.PPOConfig(seed=s, total_timesteps=256, num_envs=1, num_steps=256)"
+                      " for s in (1, 2)], processes=2, progress=False)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                         cwd=str(tmp_path), env={**__import__("os").environ, "RLCORE_PROCESSES": "2"})
+    assert out.returncode != 0
+    assert "__name__" in out.stderr and "train_many: a worker process died" in out.stderr, out.stderr[-2000:]
