@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import signal
 import threading
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -156,8 +154,8 @@ def load_run_checkpoint(path: str | os.PathLike, algo: str | None = None, env_id
                               f"atomic save. Delete it and train again, or restore a copy")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, AttributeError,
-            ImportError, IndexError, KeyError, TypeError, UnicodeDecodeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - unpickling arbitrary bytes can raise almost anything (OverflowError,
+        # struct.error, MemoryError, ... besides UnpicklingError / BadZipFile): all mean "not a readable checkpoint"
         raise CheckpointError(f"checkpoint {str(path)!r} ({size} bytes) cannot be read: it is truncated or not a "
                               f"PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}). "
                               f"Delete it and train again, or restore a copy") from None
