@@ -475,17 +475,6 @@ def machine_info() -> dict:
     return info
 
 
-def git_commit() -> str | None:
-    """The commit this run started from (``git rev-parse HEAD``; None outside a git checkout)."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def warm_up(libraries) -> None:
     """Import the libraries and let torch import its lazily loaded optimizer machinery (``torch._dynamo``,
     seconds on first use of any optimizer), so the first timed run of either library does not pay for it."""
@@ -526,9 +515,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
         os.environ.pop("RLCORE_QUICK", None)
         warm_up(args.libraries)
+        from rlcore.llm.results import git_commit  # the commit this run started from
         data = {"runs": [], "command": "python " + shlex.join([os.path.relpath(__file__, ROOT)] + (argv or sys.argv[1:])),
                 "machine": machine_info(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "git_commit": git_commit(), "thresholds": THRESHOLDS, "window": WINDOW, "budgets": {f"{a}/{e}": b for (a, e), b in GRID.items()},
+                "git_commit": git_commit(ROOT), "thresholds": THRESHOLDS, "window": WINDOW, "budgets": {f"{a}/{e}": b for (a, e), b in GRID.items()},
                 "seconds_to_threshold_method": (
                     "measured directly: wall time from the start of the run (env and network construction "
                     "included) until the threshold is first met, minus time spent in greedy evaluations; "
